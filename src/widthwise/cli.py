@@ -1,0 +1,153 @@
+"""The ``widthwise`` command line: run, show, list, coord-check.
+
+Exit codes: 0 success; 2 bad input (one line on stderr naming what is wrong, no
+traceback); 130 interrupted (the run resumes where its last checkpoint left it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from widthwise.errors import UserError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage + line)
+        raise UserError(f"{self.prog}: {message}")
+
+
+def _cmd_run(args: argparse.Namespace, console: Console) -> int:
+    from widthwise.spec import load_spec
+    from widthwise.study import run
+
+    spec = load_spec(args.spec, out=args.out, device=args.device)
+    console.print(
+        f"[bold]{spec.name}[/]: {spec.model.family} × {spec.parameterization.name}, "
+        f"widths {spec.widths}, {len(spec.seed_list)} seeds, {spec.steps} steps → {spec.out_dir()}"
+    )
+    out = run(spec, progress=not args.quiet, console=Console(stderr=True))
+    _print_show(out, console)
+    console.print(f"Results in [bold]{out}[/]  (Python: widthwise.open_study({str(out)!r}))")
+    return 0
+
+
+def _print_show(path: Path, console: Console) -> None:
+    from widthwise.store import open_study
+    from widthwise.summary import fmt_mean_std, width_summary
+
+    ds = open_study(path)
+    s = width_summary(ds)
+    table = Table(
+        title=f"{ds.attrs['name']} ({ds.attrs['parameterization']}, {ds.sizes['seed']} seeds)"
+    )
+    table.add_column("width", justify="right")
+    table.add_column("status")
+    if "train_loss_mean" in s:
+        table.add_column("train loss (last 10 steps)", justify="right")
+    if "test_loss_mean" in s:
+        table.add_column("test loss (final)", justify="right")
+    if "test_error_mean" in s:
+        table.add_column("test error", justify="right")
+    table.add_column("diverged", justify="right")
+    table.add_column("wall time", justify="right")
+    for i, w in enumerate(s.width.values):
+        row = [str(int(w)), str(s.status.values[i])]
+        if "train_loss_mean" in s:
+            row.append(fmt_mean_std(float(s.train_loss_mean[i]), float(s.train_loss_std[i])))
+        if "test_loss_mean" in s:
+            row.append(fmt_mean_std(float(s.test_loss_mean[i]), float(s.test_loss_std[i])))
+        if "test_error_mean" in s:
+            row.append(f"{float(s.test_error_mean[i]):.3f}")
+        row.append(f"{int(s.diverged[i])}/{ds.sizes['seed']}")
+        row.append(f"{float(s.wall_time[i]):.1f} s")
+        table.add_row(*row)
+    console.print(table)
+    if ds.attrs.get("skipped_records"):
+        console.print(f"[yellow]skipped {ds.attrs['skipped_records']} torn or partial records[/]")
+
+
+def _cmd_show(args: argparse.Namespace, console: Console) -> int:
+    _print_show(Path(args.dir), console)
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace, console: Console) -> int:
+    from widthwise.spec import bundled_specs
+
+    table = Table(title="bundled studies (widthwise run NAME)")
+    table.add_column("name", style="bold")
+    table.add_column("description")
+    for name, path in bundled_specs().items():
+        raw = yaml.safe_load(path.read_text()) or {}
+        table.add_row(name, str(raw.get("description", "")).strip().split("\n")[0])
+    console.print(table)
+    return 0
+
+
+def _cmd_coord_check(args: argparse.Namespace, console: Console) -> int:
+    from widthwise.coord_check import coord_check
+    from widthwise.spec import load_spec
+
+    spec = load_spec(args.spec, device=args.device)
+    da = coord_check(spec, steps=args.steps)
+    table = Table(
+        title=f"mean |activation| after {args.steps} steps ({spec.parameterization.name})"
+    )
+    table.add_column("layer")
+    for w in da.width.values:
+        table.add_column(f"width {int(w)}", justify="right")
+    table.add_column("max/min", justify="right")
+    last = da.isel(step=-1)
+    for layer in da.layer.values:
+        vals = last.sel(layer=layer).values
+        table.add_row(str(layer), *[f"{v:.3g}" for v in vals], f"{vals.max() / vals.min():.2f}×")
+    console.print(table)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="widthwise", description="Width-consistency studies of neural networks.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    r = sub.add_parser("run", help="run or resume a study (a YAML spec or a bundled name)")
+    r.add_argument("spec", help="path to a study YAML, or a bundled name (widthwise list)")
+    r.add_argument("--out", help="study directory (default: runs/<name>)")
+    r.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the spec's)")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(fn=_cmd_run)
+    s = sub.add_parser("show", help="per-width table of a study directory")
+    s.add_argument("dir")
+    s.set_defaults(fn=_cmd_show)
+    ls = sub.add_parser("list", help="bundled example studies")
+    ls.set_defaults(fn=_cmd_list)
+    c = sub.add_parser("coord-check", help="activation size vs width over the first steps")
+    c.add_argument("spec")
+    c.add_argument("--steps", type=int, default=3)
+    c.add_argument("--device")
+    c.set_defaults(fn=_cmd_coord_check)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    console = Console()
+    try:
+        args = build_parser().parse_args(argv)
+        return args.fn(args, console)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

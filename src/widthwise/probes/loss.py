@@ -1,0 +1,50 @@
+"""Loss probes: the training loss of every step and the test loss / logits on the probe set."""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+
+from widthwise.losses import per_member_loss
+from widthwise.probes.base import PROBES, ProbeContext, ProbeDef, ProbeResult, mask_diverged
+from widthwise.schedule import Schedule
+
+
+class TrainLossOptions(Schedule):
+    """Record the minibatch loss of every ``every``-th step (before that step's update)."""
+
+    every: int | None = Field(1, gt=0)
+
+
+class TestOptions(Schedule):
+    """Evaluate on the fixed probe set: loss per seed, and logits unless ``logits: false``."""
+
+    logits: bool = True
+
+
+PROBES.register("train_loss", options=TrainLossOptions, description="minibatch training loss")(
+    ProbeDef(fn=None, step_dim="step")
+)
+
+
+def test_probe(ctx: ProbeContext, options: TestOptions) -> ProbeResult:
+    """test_loss (seed); test_error (seed) for classification; test_logits (seed, point, output)."""
+    with torch.no_grad():
+        logits = ctx.ensemble.forward(ctx.params, ctx.probe_x)  # (seed, point, output)
+        loss = per_member_loss(ctx.ensemble.loss, logits, ctx.probe_y)
+    alive = ctx.alive.cpu().numpy()
+    out: ProbeResult = {"test_loss": (("seed",), mask_diverged(loss.cpu().numpy(), alive))}
+    if ctx.ensemble.loss == "cross_entropy":
+        wrong = (logits.argmax(-1) != ctx.probe_y).float().mean(-1)
+        out["test_error"] = (("seed",), mask_diverged(wrong.cpu().numpy(), alive))
+    if options.logits:
+        out["test_logits"] = (
+            ("seed", "point", "output"),
+            mask_diverged(logits.cpu().numpy(), alive),
+        )
+    return out
+
+
+PROBES.register("test", options=TestOptions, description="test loss and logits on the probe set")(
+    ProbeDef(fn=test_probe, step_dim="test_step")
+)

@@ -1,0 +1,77 @@
+"""When a probe runs, and how the learning rate moves over training."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Schedule(BaseModel):
+    """Steps at which a probe runs; the union of the fields that are set.
+
+    Steps count optimizer updates already taken: step 0 is the initial network,
+    step ``steps`` the final one. ``every: k`` gives 0, k, 2k, ... (and the end);
+    ``steps`` an explicit list; ``log_spaced: n`` about n steps spaced
+    logarithmically from 1 to the end (plus 0); ``at`` names ``init``/``end``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    every: int | None = Field(None, gt=0)
+    steps: list[int] | None = None
+    log_spaced: int | None = Field(None, gt=0)
+    at: list[Literal["init", "end"]] | None = None
+
+    @model_validator(mode="after")
+    def _something_set(self) -> Schedule:
+        if self.every is None and self.steps is None and self.log_spaced is None and not self.at:
+            raise ValueError("a schedule needs one of every, steps, log_spaced or at")
+        if self.steps is not None and any(s < 0 for s in self.steps):
+            raise ValueError(f"steps must be >= 0, got {self.steps}")
+        return self
+
+    def resolve(self, total_steps: int, *, include_end: bool = True) -> list[int]:
+        """Sorted unique steps in [0, total_steps] (or [0, total_steps) without the end)."""
+        last = total_steps if include_end else total_steps - 1
+        out: set[int] = set()
+        if self.every is not None:
+            out.update(range(0, last + 1, self.every))
+            if include_end:
+                out.add(total_steps)
+        if self.steps is not None:
+            out.update(self.steps)
+        if self.log_spaced is not None:
+            out.add(0)
+            grid = np.geomspace(1, max(last, 1), self.log_spaced)
+            out.update(int(round(s)) for s in grid)
+        for a in self.at or []:
+            out.add(0 if a == "init" else last)
+        return sorted(s for s in out if 0 <= s <= last)
+
+    def max_explicit_step(self) -> int:
+        return max(self.steps) if self.steps else 0
+
+
+class LRSchedule(BaseModel):
+    """Learning-rate factor over training: constant, cosine, or linear warmup + cosine."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["constant", "cosine", "warmup_cosine"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0)
+
+    def factor(self, step: int, total_steps: int) -> float:
+        """Multiplier of the base lr at update ``step`` (0-based) of ``total_steps``."""
+        if self.name == "constant":
+            return 1.0
+        warm = self.warmup_steps if self.name == "warmup_cosine" else 0
+        if step < warm:
+            return (step + 1) / warm
+        span = max(total_steps - warm, 1)
+        progress = min((step - warm) / span, 1.0)
+        cos = 0.5 * (1.0 + math.cos(math.pi * progress))
+        return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * cos

@@ -1,0 +1,300 @@
+"""The study spec: one YAML file, validated before anything runs or is written.
+
+``load_spec(path_or_name)`` returns a :class:`StudySpec` or raises a
+:class:`~widthwise.errors.SpecError` whose one line names each bad key, the value
+given and what is allowed. Family, stream and probe options are validated by the
+options model of their registry entry, so plug-ins get the same errors for free.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from widthwise.errors import SpecError, UserError
+from widthwise.families import FAMILIES
+from widthwise.parameterization import PARAMETERIZATIONS
+from widthwise.probes import PROBES
+from widthwise.schedule import LRSchedule, Schedule
+from widthwise.streams import STREAMS
+
+EXAMPLES_DIR = Path(__file__).parent / "examples"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(_Strict):
+    family: str = "mlp"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ParameterizationSpec(_Strict):
+    name: str = "mup"
+    sigma: float = Field(1.0, gt=0, description="init scale σ: std = σ/√fan_in")
+    gamma0: float | None = Field(None, gt=0, description="richness γ0 (mf only)")
+    center: bool = Field(False, description="mf only: subtract the initial network's output")
+    readout_zero_init: bool = False
+    query_zero_init: bool = False
+
+
+class OptimizerSpec(_Strict):
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(gt=0, description="base learning rate (at base_width; η0 for mf)")
+    momentum: float = Field(0.0, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+
+    @property
+    def kind(self) -> Literal["sgd", "adam"]:
+        return "sgd" if self.name == "sgd" else "adam"
+
+
+class DataSpec(_Strict):
+    stream: str = "gegenbauer"
+    seed: int = Field(0, ge=0, description="data seed: batches depend only on (seed, step)")
+    options: dict[str, Any] = Field(default_factory=dict)
+    probe_points: int = Field(256, gt=0, description="size of the fixed test (probe) set")
+
+
+class StudySpec(_Strict):
+    """A width-consistency study. See docs/spec.md for every key."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
+    description: str = ""
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    widths: list[int] = Field(min_length=1)
+    base_width: int | None = Field(None, gt=0)
+    seeds: int | list[int] = 4
+    parameterization: ParameterizationSpec = Field(default_factory=ParameterizationSpec)
+    optimizer: OptimizerSpec
+    schedule: LRSchedule = Field(default_factory=LRSchedule)
+    steps: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    loss: Literal["mse", "cross_entropy"] | None = None
+    data: DataSpec = Field(default_factory=DataSpec)
+    probes: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {"train_loss": {"every": 1}, "test": {"log_spaced": 20}}
+    )
+    checkpoint_every: int | None = Field(None, gt=0)
+    device: str = "auto"
+    dtype: Literal["float32", "float64"] = "float32"
+    ensemble: Literal["auto", "vmap", "loop"] = "auto"
+    out: str | None = None
+
+    @field_validator("parameterization", mode="before")
+    @classmethod
+    def _short_parameterization(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    @field_validator("widths")
+    @classmethod
+    def _widths(cls, v: list[int]) -> list[int]:
+        if any(w <= 0 for w in v):
+            raise ValueError(f"every width must be a positive integer, got {v}")
+        if any(b <= a for a, b in zip(v, v[1:])):
+            raise ValueError(f"must be strictly increasing without duplicates, got {v}")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: int | list[int]) -> int | list[int]:
+        if isinstance(v, int) and v <= 0:
+            raise ValueError(f"a seed count must be >= 1, got {v}")
+        if isinstance(v, list) and (not v or any(s < 0 for s in v) or len(set(v)) != len(v)):
+            raise ValueError(f"a seed list must be non-empty, unique and >= 0, got {v}")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v not in ("auto", "cpu", "cuda") and not (v.startswith("cuda:") and v[5:].isdigit()):
+            raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _defaults(self) -> StudySpec:
+        if self.base_width is None:
+            self.base_width = self.widths[0]
+        if self.checkpoint_every is None:
+            self.checkpoint_every = max(self.steps // 4, 1)
+        return self
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+
+    def out_dir(self) -> Path:
+        return Path(self.out) if self.out else Path("runs") / self.name
+
+    def hash(self) -> str:
+        """Hash of everything that determines the numbers (not ``out``/``device``/``description``)."""
+        payload = self.model_dump(mode="json", exclude={"out", "device", "description"})
+        blob = json.dumps(payload, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def family_options(self) -> BaseModel | None:
+        return FAMILIES.validate_options(self.model.family, self.model.options)
+
+    def stream_options(self) -> BaseModel | None:
+        return STREAMS.validate_options(self.data.stream, self.data.options)
+
+    def probe_options(self) -> dict[str, Schedule]:
+        return {n: PROBES.validate_options(n, o) for n, o in self.probes.items()}  # type: ignore[misc]
+
+
+def _fmt_loc(prefix: str, loc: tuple[Any, ...]) -> str:
+    parts = [prefix] if prefix else []
+    parts += [str(p) for p in loc if not str(p).startswith("function-")]
+    return ".".join(parts) or "(top level)"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _pydantic_problems(err: ValidationError, prefix: str = "") -> list[str]:
+    out = []
+    for e in err.errors():
+        key = _fmt_loc(prefix, e["loc"])
+        if e["type"] == "extra_forbidden":
+            out.append(f"{key}: unknown key")
+        elif e["type"] == "missing":
+            out.append(f"{key}: required key is missing")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            out.append(f"{key}: {msg} (got {_short(e.get('input'))})")
+    return out
+
+
+def _registry_problems(spec: StudySpec) -> list[str]:
+    """Checks that need the registries: names exist, options validate, combinations make sense."""
+    problems: list[str] = []
+
+    def check(key: str, registry: Any, name: str, options: dict[str, Any] | None) -> Any:
+        if name not in registry:
+            problems.append(
+                f"{key}: unknown {registry.kind} {name!r}; allowed: {', '.join(registry.names())}"
+            )
+            return None
+        try:
+            return registry.validate_options(name, options)
+        except ValidationError as err:
+            problems.extend(_pydantic_problems(err, key.rsplit(".", 1)[0] + ".options"))
+        except UserError as err:
+            problems.append(f"{key}: {err}")
+        return None
+
+    check("model.family", FAMILIES, spec.model.family, spec.model.options)
+    stream_opts = check("data.stream", STREAMS, spec.data.stream, spec.data.options)
+    p = spec.parameterization
+    if p.name not in PARAMETERIZATIONS:
+        problems.append(
+            f"parameterization.name: unknown parameterization {p.name!r}; "
+            f"allowed: {', '.join(PARAMETERIZATIONS.names())}"
+        )
+    if p.name == "mf" and p.gamma0 is None:
+        problems.append("parameterization.gamma0: required for mf (richness γ0 > 0, e.g. 1.0)")
+    if p.name != "mf" and p.gamma0 is not None:
+        problems.append(f"parameterization.gamma0: only used by mf, not by {p.name!r}")
+    if p.center and p.name != "mf":
+        problems.append(f"parameterization.center: only mf can center, not {p.name!r}")
+    if p.name == "mf" and spec.optimizer.kind != "sgd":
+        problems.append(
+            f"optimizer.name: mf is defined for sgd (paper Appendix C), got "
+            f"{spec.optimizer.name!r}; use mup for adam"
+        )
+    if spec.base_width is not None and spec.base_width > spec.widths[-1]:
+        problems.append(
+            f"base_width: {spec.base_width} is wider than the widest width {spec.widths[-1]}"
+        )
+    for name, opts in spec.probes.items():
+        if not isinstance(opts, dict):
+            problems.append(f"probes.{name}: expected a mapping of options, got {_short(opts)}")
+            continue
+        sched = check(f"probes.{name}", PROBES, name, opts)
+        if isinstance(sched, Schedule):
+            top = sched.max_explicit_step()
+            if top > spec.steps:
+                problems.append(
+                    f"probes.{name}.steps: step {top} is beyond the study's {spec.steps} steps"
+                )
+    if stream_opts is not None and spec.loss is not None:
+        stream = STREAMS.get(spec.data.stream)(spec.data.seed, stream_opts)
+        if stream.loss == "cross_entropy" and spec.loss == "mse":
+            pass  # mse on one-hot labels is allowed
+        elif stream.loss == "mse" and spec.loss == "cross_entropy":
+            problems.append(
+                f"loss: stream {spec.data.stream!r} has real-valued targets; "
+                "cross_entropy needs a classification stream (allowed: mse)"
+            )
+    if spec.optimizer.nesterov and spec.optimizer.momentum == 0:
+        problems.append("optimizer.nesterov: needs momentum > 0 (got momentum 0)")
+    if spec.schedule.name == "warmup_cosine" and spec.schedule.warmup_steps >= spec.steps:
+        problems.append(
+            f"schedule.warmup_steps: {spec.schedule.warmup_steps} must be below steps ({spec.steps})"
+        )
+    return problems
+
+
+def validate_spec(raw: Any, source: str = "spec") -> StudySpec:
+    """Validate a parsed YAML mapping; all problems are reported at once, on one line."""
+    if not isinstance(raw, dict):
+        raise SpecError(f"{source}: expected a YAML mapping of keys, got {type(raw).__name__}")
+    try:
+        spec = StudySpec.model_validate(raw)
+    except ValidationError as err:
+        raise SpecError(f"{source}: " + "; ".join(_pydantic_problems(err))) from None
+    problems = _registry_problems(spec)
+    if problems:
+        raise SpecError(f"{source}: " + "; ".join(problems))
+    return spec
+
+
+def bundled_specs() -> dict[str, Path]:
+    """Bundled example specs by name (``widthwise list``)."""
+    return {p.stem: p for p in sorted(EXAMPLES_DIR.glob("*.yaml"))}
+
+
+def resolve_spec_path(spec: str | os.PathLike[str]) -> Path:
+    """A path to an existing file, or the bundled example of that name."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    bundled = bundled_specs()
+    if str(spec) in bundled:
+        return bundled[str(spec)]
+    raise SpecError(
+        f"spec: {str(spec)!r} is neither a file nor a bundled study; "
+        f"bundled: {', '.join(bundled) or '(none)'}"
+    )
+
+
+def load_spec(spec: str | os.PathLike[str], **overrides: Any) -> StudySpec:
+    """Read and validate a study spec from a YAML file or a bundled name.
+
+    ``overrides`` replace top-level keys (e.g. ``out=...``, ``device="cpu"``) before
+    validation.
+    """
+    path = resolve_spec_path(spec)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise SpecError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise SpecError(f"{path}: cannot read spec: {err}") from None
+    if isinstance(raw, dict):
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+    return validate_spec(raw, str(path))

@@ -1,0 +1,142 @@
+"""A study's directory: manifest, the spec it was made by, the probe set, one dir per width."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from widthwise.errors import StoreError
+from widthwise.store.files import atomic_write_bytes, atomic_write_json, atomic_write_npz
+from widthwise.store.width_dir import WidthDir
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def package_versions() -> dict[str, str]:
+    import pydantic
+    import scipy
+    import torch
+    import xarray
+
+    from widthwise import __version__
+
+    return {
+        "widthwise": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "xarray": xarray.__version__,
+        "pydantic": pydantic.__version__,
+    }
+
+
+def width_dirname(width: int) -> str:
+    return f"width_{width:05d}"
+
+
+class StudyDir:
+    """Layout::
+
+    <out>/
+      manifest.json     format, spec hash, package versions, widths, seeds, stream facts
+      spec.yaml         the validated spec, every default filled in
+      probe_set.npz     the fixed test inputs and targets (x, y)
+      width_00064/ ...  see WidthDir
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.manifest_path = self.path / MANIFEST
+
+    def width_dir(self, width: int) -> WidthDir:
+        return WidthDir(self.path / width_dirname(width))
+
+    def read_manifest(self) -> dict[str, Any]:
+        try:
+            manifest = json.loads(self.manifest_path.read_text())
+        except FileNotFoundError:
+            raise StoreError(f"{self.path}: not a widthwise study (no {MANIFEST})") from None
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise StoreError(f"{self.manifest_path}: unreadable manifest ({err})") from None
+        if not isinstance(manifest, dict) or "spec_hash" not in manifest:
+            raise StoreError(f"{self.manifest_path}: not a widthwise manifest")
+        return manifest
+
+    def read_spec_dict(self) -> dict[str, Any]:
+        try:
+            return yaml.safe_load((self.path / "spec.yaml").read_text())
+        except (OSError, yaml.YAMLError) as err:
+            raise StoreError(f"{self.path / 'spec.yaml'}: unreadable spec ({err})") from None
+
+    @staticmethod
+    def check_writable(path: Path) -> None:
+        """Fail early (before anything is written) if ``path`` cannot become a study dir."""
+        probe = path
+        while not probe.exists():
+            probe = probe.parent
+        if not probe.is_dir():
+            raise StoreError(f"out: {probe} exists and is not a directory")
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise StoreError(f"out: cannot write to {probe} (permission denied); choose --out DIR")
+
+    def prepare(
+        self,
+        spec: Any,
+        spec_hash: str,
+        probe_set: tuple[np.ndarray, np.ndarray],
+        stream_facts: dict[str, Any],
+    ) -> bool:
+        """Create the study dir, or check an existing one was made by the same spec.
+
+        Returns True when the directory already held this study (a resume).
+        """
+        if self.manifest_path.exists():
+            manifest = self.read_manifest()
+            if manifest["spec_hash"] != spec_hash:
+                raise StoreError(
+                    f"out: {self.path} holds study {manifest.get('name')!r} made by a different "
+                    f"spec (hash {manifest['spec_hash']} != {spec_hash}); use another --out or "
+                    "delete the directory"
+                )
+            return True
+        self.check_writable(self.path)
+        if self.path.exists() and any(self.path.iterdir()):
+            raise StoreError(
+                f"out: {self.path} exists, is not empty and is not a widthwise study; "
+                "use another --out"
+            )
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            spec_dict = spec.model_dump(mode="json")
+            atomic_write_bytes(
+                self.path / "spec.yaml", yaml.safe_dump(spec_dict, sort_keys=False).encode()
+            )
+            x, y = probe_set
+            atomic_write_npz(self.path / "probe_set.npz", {"x": x, "y": y})
+            atomic_write_json(
+                self.manifest_path,  # written last: its presence marks a complete study dir
+                {
+                    "format": FORMAT_VERSION,
+                    "name": spec.name,
+                    "spec_hash": spec_hash,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "versions": package_versions(),
+                    "widths": spec.widths,
+                    "seeds": spec.seed_list,
+                    "stream": stream_facts,
+                },
+            )
+        except OSError as err:
+            raise StoreError(
+                f"out: cannot write study directory {self.path}: {err.strerror}"
+            ) from None
+        return False
