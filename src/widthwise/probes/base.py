@@ -51,6 +51,9 @@ class ProbeDef:
 
     fn: Callable[[ProbeContext, Any], ProbeResult] | None
     step_dim: str
+    coords: Callable[[Any], dict[str, tuple[tuple[str, ...], np.ndarray]]] | None = None
+    """Optional: static coordinates of the probe's arrays from its options (e.g. bin
+    edges), attached by ``open_study``: ``{name: (dims, values)}``."""
 
 
 PROBES: Registry[ProbeDef] = Registry("probe")

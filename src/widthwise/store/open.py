@@ -110,8 +110,19 @@ def open_study(path: str | PathLike[str]) -> xr.Dataset:
         spec=json.dumps(spec),
         skipped_records=skipped,
     )
+    _attach_probe_coords(ds, spec)
     _annotate(ds)
     return ds
+
+
+def _attach_probe_coords(ds: xr.Dataset, spec: dict) -> None:
+    """Static coordinates a probe declares (``ProbeDef.coords``), from its logged options."""
+    for name, options in (spec.get("probes") or {}).items():
+        if name not in PROBES or PROBES.get(name).coords is None:
+            continue
+        coords = PROBES.get(name).coords(PROBES.validate_options(name, options))
+        for cname, (dims, values) in coords.items():
+            ds.coords[cname] = (dims, np.asarray(values))
 
 
 _DOCS = {
