@@ -20,10 +20,12 @@ class Schedule(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    every: int | None = Field(None, gt=0)
-    steps: list[int] | None = None
-    log_spaced: int | None = Field(None, gt=0)
-    at: list[Literal["init", "end"]] | None = None
+    every: int | None = Field(None, gt=0, description="every k-th step: 0, k, 2k, ... and the end")
+    steps: list[int] | None = Field(None, description="explicit steps (0 = init)")
+    log_spaced: int | None = Field(
+        None, gt=0, description="about n log-spaced steps from 1 to the end, plus 0"
+    )
+    at: list[Literal["init", "end"]] | None = Field(None, description="init and/or end")
 
     @model_validator(mode="after")
     def _something_set(self) -> Schedule:
@@ -60,9 +62,11 @@ class LRSchedule(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: Literal["constant", "cosine", "warmup_cosine"] = "constant"
-    warmup_steps: int = Field(0, ge=0)
-    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0)
+    name: Literal["constant", "cosine", "warmup_cosine"] = Field(
+        "constant", description="constant, cosine decay, or linear warmup then cosine"
+    )
+    warmup_steps: int = Field(0, ge=0, description="warmup_cosine: linear warmup steps")
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="cosine floor as a fraction of lr")
 
     def factor(self, step: int, total_steps: int) -> float:
         """Multiplier of the base lr at update ``step`` (0-based) of ``total_steps``."""

@@ -32,27 +32,29 @@ class _Strict(BaseModel):
 
 
 class ModelSpec(_Strict):
-    family: str = "mlp"
-    options: dict[str, Any] = Field(default_factory=dict)
+    family: str = Field("mlp", description="model family (registry FAMILIES)")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="family options (see the family's table below)"
+    )
 
 
 class ParameterizationSpec(_Strict):
-    name: str = "mup"
+    name: str = Field("mup", description="sp, ntp, mup or mf (registry PARAMETERIZATIONS)")
     sigma: float = Field(1.0, gt=0, description="init scale σ: std = σ/√fan_in")
     gamma0: float | None = Field(None, gt=0, description="richness γ0 (mf only)")
     center: bool = Field(False, description="mf only: subtract the initial network's output")
-    readout_zero_init: bool = False
-    query_zero_init: bool = False
+    readout_zero_init: bool = Field(False, description="mup: the readout starts at zero")
+    query_zero_init: bool = Field(False, description="mup: attention query weights start at zero")
 
 
 class OptimizerSpec(_Strict):
-    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    name: Literal["sgd", "adam", "adamw"] = Field("sgd", description="optimizer")
     lr: float = Field(gt=0, description="base learning rate (at base_width; η0 for mf)")
-    momentum: float = Field(0.0, ge=0, lt=1)
-    nesterov: bool = False
-    weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = Field(1e-8, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1, description="sgd momentum")
+    nesterov: bool = Field(False, description="sgd: Nesterov momentum (needs momentum > 0)")
+    weight_decay: float = Field(0.0, ge=0, description="L2 (sgd, adam) or decoupled (adamw)")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="adam/adamw betas")
+    eps: float = Field(1e-8, gt=0, description="adam/adamw epsilon")
 
     @property
     def kind(self) -> Literal["sgd", "adam"]:
@@ -60,36 +62,53 @@ class OptimizerSpec(_Strict):
 
 
 class DataSpec(_Strict):
-    stream: str = "gegenbauer"
+    stream: str = Field("gegenbauer", description="data stream (registry STREAMS)")
     seed: int = Field(0, ge=0, description="data seed: batches depend only on (seed, step)")
-    options: dict[str, Any] = Field(default_factory=dict)
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="stream options (see the stream's table below)"
+    )
     probe_points: int = Field(256, gt=0, description="size of the fixed test (probe) set")
 
 
 class StudySpec(_Strict):
     """A width-consistency study. See docs/spec.md for every key."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
-    description: str = ""
-    model: ModelSpec = Field(default_factory=ModelSpec)
-    widths: list[int] = Field(min_length=1)
-    base_width: int | None = Field(None, gt=0)
-    seeds: int | list[int] = 4
-    parameterization: ParameterizationSpec = Field(default_factory=ParameterizationSpec)
-    optimizer: OptimizerSpec
-    schedule: LRSchedule = Field(default_factory=LRSchedule)
-    steps: int = Field(gt=0)
-    batch_size: int = Field(gt=0)
-    loss: Literal["mse", "cross_entropy"] | None = None
-    data: DataSpec = Field(default_factory=DataSpec)
-    probes: dict[str, dict[str, Any]] = Field(
-        default_factory=lambda: {"train_loss": {"every": 1}, "test": {"log_spaced": 20}}
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        max_length=100,
+        description="study name: letters, digits, _ . - (default directory runs/<name>)",
     )
-    checkpoint_every: int | None = Field(None, gt=0)
-    device: str = "auto"
-    dtype: Literal["float32", "float64"] = "float32"
-    ensemble: Literal["auto", "vmap", "loop"] = "auto"
-    out: str | None = None
+    description: str = Field("", description="one line shown by `widthwise list`")
+    model: ModelSpec = Field(default_factory=ModelSpec, description="family and its options")
+    widths: list[int] = Field(min_length=1, description="strictly increasing widths")
+    base_width: int | None = Field(
+        None, gt=0, description="width where all parameterizations agree (default: widths[0])"
+    )
+    seeds: int | list[int] = Field(4, description="a count (seeds 0..n-1) or a list of seed ids")
+    parameterization: ParameterizationSpec = Field(
+        default_factory=ParameterizationSpec, description="a name, or a mapping (keys below)"
+    )
+    optimizer: OptimizerSpec = Field(description="optimizer and base learning rate")
+    schedule: LRSchedule = Field(default_factory=LRSchedule, description="learning-rate schedule")
+    steps: int = Field(gt=0, description="optimizer updates")
+    batch_size: int = Field(gt=0, description="examples per step, shared by every seed and width")
+    loss: Literal["mse", "cross_entropy"] | None = Field(
+        None, description="default: the stream's (mse for regression, cross_entropy for labels)"
+    )
+    data: DataSpec = Field(default_factory=DataSpec, description="the online data stream")
+    probes: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {"train_loss": {"every": 1}, "test": {"log_spaced": 20}},
+        description="probe name -> options incl. its schedule (docs/probes.md)",
+    )
+    checkpoint_every: int | None = Field(
+        None, gt=0, description="steps between checkpoints (default: steps // 4)"
+    )
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    dtype: Literal["float32", "float64"] = Field("float32", description="parameter dtype")
+    ensemble: Literal["auto", "vmap", "loop"] = Field(
+        "auto", description="forward strategy over seeds (docs/index.md)"
+    )
+    out: str | None = Field(None, description="study directory (default runs/<name>)")
 
     @field_validator("parameterization", mode="before")
     @classmethod
@@ -100,25 +119,25 @@ class StudySpec(_Strict):
     @classmethod
     def _widths(cls, v: list[int]) -> list[int]:
         if any(w <= 0 for w in v):
-            raise ValueError(f"every width must be a positive integer, got {v}")
+            raise ValueError("every width must be a positive integer")
         if any(b <= a for a, b in zip(v, v[1:])):
-            raise ValueError(f"must be strictly increasing without duplicates, got {v}")
+            raise ValueError("must be strictly increasing without duplicates")
         return v
 
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, v: int | list[int]) -> int | list[int]:
         if isinstance(v, int) and v <= 0:
-            raise ValueError(f"a seed count must be >= 1, got {v}")
+            raise ValueError("a seed count must be >= 1")
         if isinstance(v, list) and (not v or any(s < 0 for s in v) or len(set(v)) != len(v)):
-            raise ValueError(f"a seed list must be non-empty, unique and >= 0, got {v}")
+            raise ValueError("a seed list must be non-empty, unique and >= 0")
         return v
 
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
         if v not in ("auto", "cpu", "cuda") and not (v.startswith("cuda:") and v[5:].isdigit()):
-            raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {v!r}")
+            raise ValueError("must be auto, cpu, cuda or cuda:N")
         return v
 
     @model_validator(mode="after")
@@ -181,7 +200,9 @@ def _registry_problems(spec: StudySpec) -> list[str]:
     """Checks that need the registries: names exist, options validate, combinations make sense."""
     problems: list[str] = []
 
-    def check(key: str, registry: Any, name: str, options: dict[str, Any] | None) -> Any:
+    def check(
+        key: str, registry: Any, name: str, options: dict[str, Any] | None, options_key: str
+    ) -> Any:
         if name not in registry:
             problems.append(
                 f"{key}: unknown {registry.kind} {name!r}; allowed: {', '.join(registry.names())}"
@@ -190,13 +211,13 @@ def _registry_problems(spec: StudySpec) -> list[str]:
         try:
             return registry.validate_options(name, options)
         except ValidationError as err:
-            problems.extend(_pydantic_problems(err, key.rsplit(".", 1)[0] + ".options"))
+            problems.extend(_pydantic_problems(err, options_key))
         except UserError as err:
             problems.append(f"{key}: {err}")
         return None
 
-    check("model.family", FAMILIES, spec.model.family, spec.model.options)
-    stream_opts = check("data.stream", STREAMS, spec.data.stream, spec.data.options)
+    check("model.family", FAMILIES, spec.model.family, spec.model.options, "model.options")
+    stream_opts = check("data.stream", STREAMS, spec.data.stream, spec.data.options, "data.options")
     p = spec.parameterization
     if p.name not in PARAMETERIZATIONS:
         problems.append(
@@ -222,7 +243,7 @@ def _registry_problems(spec: StudySpec) -> list[str]:
         if not isinstance(opts, dict):
             problems.append(f"probes.{name}: expected a mapping of options, got {_short(opts)}")
             continue
-        sched = check(f"probes.{name}", PROBES, name, opts)
+        sched = check(f"probes.{name}", PROBES, name, opts, f"probes.{name}")
         if isinstance(sched, Schedule):
             top = sched.max_explicit_step()
             if top > spec.steps:

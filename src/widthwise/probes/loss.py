@@ -19,7 +19,7 @@ class TrainLossOptions(Schedule):
 class TestOptions(Schedule):
     """Evaluate on the fixed probe set: loss per seed, and logits unless ``logits: false``."""
 
-    logits: bool = True
+    logits: bool = Field(True, description="also store the logits (seed, point, output)")
 
 
 PROBES.register("train_loss", options=TrainLossOptions, description="minibatch training loss")(
