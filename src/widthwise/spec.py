@@ -228,6 +228,9 @@ def _registry_problems(spec: StudySpec) -> list[str]:
         problems.append("parameterization.gamma0: required for mf (richness γ0 > 0, e.g. 1.0)")
     if p.name != "mf" and p.gamma0 is not None:
         problems.append(f"parameterization.gamma0: only used by mf, not by {p.name!r}")
+    for flag in ("readout_zero_init", "query_zero_init"):
+        if getattr(p, flag) and p.name != "mup":
+            problems.append(f"parameterization.{flag}: a mup option, not used by {p.name!r}")
     if p.center and p.name != "mf":
         problems.append(f"parameterization.center: only mf can center, not {p.name!r}")
     if p.name == "mf" and spec.optimizer.kind != "sgd":

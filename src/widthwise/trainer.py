@@ -81,6 +81,20 @@ def build_optimizer(
     return cls(groups, lr=o.lr, betas=o.betas, eps=o.eps)
 
 
+def grads_finite(grad: Tensor) -> Tensor:
+    """(seed,) bool: every entry of each member's gradient is finite.
+
+    A per-member sum is finite in the common case, which settles it cheaply; only
+    members whose sum is not (a NaN/inf entry, or an overflowing sum of large
+    finite entries) are checked entry by entry.
+    """
+    flat = grad.reshape(grad.shape[0], -1)
+    ok = torch.isfinite(flat.sum(1))
+    if not bool(ok.all()):
+        ok = torch.isfinite(flat).all(1)
+    return ok
+
+
 class EnsembleTrainer:
     """All seeds of one width, trained in one vectorized computation on a shared stream.
 
@@ -153,7 +167,7 @@ class EnsembleTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         torch.where(ok, losses, torch.zeros_like(losses)).sum().backward()
         for p in self.params.values():
-            ok &= torch.isfinite(p.grad.reshape(p.shape[0], -1).sum(1))
+            ok &= grads_finite(p.grad)
         newly_dead = self.alive & ~ok
         if bool(newly_dead.any()):
             self._freeze(newly_dead, t)
@@ -287,6 +301,7 @@ def train_width(
                 alive=trainer.alive,
                 stream=stream,
                 lr=spec.optimizer.lr * trainer.lr_factor(min(step, spec.steps - 1)),
+                optimizer=trainer.optimizer,
             )
             width_dir.write_probe(name, step, pdef.fn(ctx, schedules[name]))
 

@@ -111,6 +111,13 @@ def open_study(path: str | PathLike[str]) -> xr.Dataset:
         skipped_records=skipped,
     )
     _attach_probe_coords(ds, spec)
+    for width in present:  # coordinates recorded at run time (e.g. layer names)
+        for cname, (dims, values) in study.width_dir(width).read_coords().items():
+            fits = all(d in ds.dims for d in dims) and all(
+                ds.sizes[d] == np.shape(values)[i] for i, d in enumerate(dims)
+            )
+            if cname not in ds.coords and fits:
+                ds.coords[cname] = (tuple(dims), np.asarray(values))
     _annotate(ds)
     return ds
 

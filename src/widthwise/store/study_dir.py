@@ -13,11 +13,18 @@ import numpy as np
 import yaml
 
 from widthwise.errors import StoreError
-from widthwise.store.files import atomic_write_bytes, atomic_write_json, atomic_write_npz
+from widthwise.store.files import (
+    TMP_PREFIX,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_npz,
+)
 from widthwise.store.width_dir import WidthDir
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+PREPARING = ".preparing"
+"""Marker of a study dir whose creation has not finished (removed once the manifest is in)."""
 
 
 def package_versions() -> dict[str, str]:
@@ -88,6 +95,17 @@ class StudyDir:
         if not os.access(probe, os.W_OK | os.X_OK):
             raise StoreError(f"out: cannot write to {probe} (permission denied); choose --out DIR")
 
+    def _is_unfinished_prepare(self) -> bool:
+        """Empty, or left by a :meth:`prepare` that was killed before writing the manifest.
+
+        Only files prepare writes count, and spec.yaml / probe_set.npz only next to the
+        marker prepare writes first, so a user's own files are never overwritten.
+        """
+        names = {p.name for p in self.path.iterdir() if not p.name.startswith(TMP_PREFIX)}
+        return not names or (
+            PREPARING in names and names <= {PREPARING, "spec.yaml", "probe_set.npz"}
+        )
+
     def prepare(
         self,
         spec: Any,
@@ -109,13 +127,14 @@ class StudyDir:
                 )
             return True
         self.check_writable(self.path)
-        if self.path.exists() and any(self.path.iterdir()):
+        if self.path.exists() and not self._is_unfinished_prepare():
             raise StoreError(
                 f"out: {self.path} exists, is not empty and is not a widthwise study; "
                 "use another --out"
             )
         try:
             self.path.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self.path / PREPARING, b"")
             spec_dict = spec.model_dump(mode="json")
             atomic_write_bytes(
                 self.path / "spec.yaml", yaml.safe_dump(spec_dict, sort_keys=False).encode()
@@ -135,6 +154,7 @@ class StudyDir:
                     "stream": stream_facts,
                 },
             )
+            (self.path / PREPARING).unlink()
         except OSError as err:
             raise StoreError(
                 f"out: cannot write study directory {self.path}: {err.strerror}"

@@ -43,7 +43,7 @@ class WidthDir:
         self.checkpoint_path = self.path / "checkpoint.pt"
         self.status_path = self.path / "status.json"
         self._log: LineLog | None = None
-        self._dims_written: set[str] = set()
+        self._dims_written: set[object] = set()
 
     # -- writing -------------------------------------------------------------
     def open_for_writing(self) -> None:
@@ -59,10 +59,22 @@ class WidthDir:
             self._log = None
 
     def write_probe(self, probe: str, step: int, result: ProbeResult) -> None:
-        """Seed-only variables to the scalar log, the rest to one npz for this step."""
+        """Seed-only variables to the scalar log, other per-seed arrays to one npz for this
+        step, and entries whose first dim is not ``seed`` (coordinates such as layer names)
+        to ``arrays/<probe>/coords.json``."""
         assert self._log is not None, "open_for_writing() first"
+        coords = {k: (d, v) for k, (d, v) in result.items() if not d or d[0] != "seed"}
+        result = {k: dv for k, dv in result.items() if k not in coords}
         scalars = {k: v.tolist() for k, (dims, v) in result.items() if dims == ("seed",)}
         arrays = {k: (dims, v) for k, (dims, v) in result.items() if dims != ("seed",)}
+        if coords and (probe, "coords") not in self._dims_written:
+            pdir = self.arrays_dir / probe
+            pdir.mkdir(exist_ok=True)
+            atomic_write_json(
+                pdir / "coords.json",
+                {k: {"dims": list(d), "values": np.asarray(v).tolist()} for k, (d, v) in coords.items()},
+            )
+            self._dims_written.add((probe, "coords"))
         if scalars:
             self._log.append({"probe": probe, "step": step, "vars": scalars})
         if arrays:
@@ -125,6 +137,19 @@ class WidthDir:
             except (KeyError, TypeError, ValueError, AttributeError):
                 bad += 1
         return out, bad
+
+    def read_coords(self) -> dict[str, tuple[list[str], list]]:
+        """Coordinates probes recorded at run time: {name: (dims, values)}."""
+        out: dict[str, tuple[list[str], list]] = {}
+        if not self.arrays_dir.exists():
+            return out
+        for f in sorted(self.arrays_dir.glob("*/coords.json")):
+            try:
+                for name, c in json.loads(f.read_text()).items():
+                    out[name] = (list(c["dims"]), list(c["values"]))
+            except (OSError, json.JSONDecodeError, KeyError, TypeError):
+                continue
+        return out
 
     def read_arrays(
         self,

@@ -1,0 +1,75 @@
+"""Analysis of width-consistency studies: pure functions of xarray data, no I/O, no plotting.
+
+Every function takes DataArrays with named dims (``dim="width"``, ``seed_dim="seed"``,
+sample dims by name) and returns DataArrays or Datasets whose ``attrs`` state units
+and conventions. See ``docs/analysis.md`` for the formulas and the paper figures.
+
+    from widthwise import analysis as wa
+    ds = widthwise.open_study(path)
+    wa.scaled_rmse_to_widest(ds.test_logits)                   # Fig. 3 d-f
+    wa.bias_variance(ds.test_logits, ds.test_target)           # Fig. 7, Appendix F
+    wa.power_law_fit(ds.test_loss.isel(test_step=-1))          # Fig. 9
+"""
+
+from widthwise.analysis._checks import AnalysisError
+from widthwise.analysis.alignment import kernel_target_alignment
+from widthwise.analysis.bias_variance import bias_variance, ensemble_size_curve, probe_loss
+from widthwise.analysis.consistency import consistency_verdict, successive_differences
+from widthwise.analysis.distance import (
+    relative_frobenius,
+    relative_frobenius_to_widest,
+    scaled_rmse,
+    scaled_rmse_to_widest,
+)
+from widthwise.analysis.ntk_spectrum import (
+    compare_loss_curves,
+    cumulative_task_power,
+    gradient_flow_loss,
+    mode_power,
+    ntk_eigen,
+    sgd_flow_rate,
+)
+from widthwise.analysis.power_law import (
+    fit_power_law,
+    limit_curve,
+    power_law_curve,
+    power_law_fit,
+)
+from widthwise.analysis.similarity import (
+    attention_distance,
+    attention_distance_to_widest,
+    cka,
+    cka_to_widest,
+    wasserstein1,
+    wasserstein1_to_widest,
+)
+
+__all__ = [
+    "AnalysisError",
+    "attention_distance",
+    "attention_distance_to_widest",
+    "bias_variance",
+    "cka",
+    "cka_to_widest",
+    "compare_loss_curves",
+    "consistency_verdict",
+    "cumulative_task_power",
+    "ensemble_size_curve",
+    "fit_power_law",
+    "gradient_flow_loss",
+    "kernel_target_alignment",
+    "limit_curve",
+    "mode_power",
+    "ntk_eigen",
+    "power_law_curve",
+    "power_law_fit",
+    "probe_loss",
+    "relative_frobenius",
+    "relative_frobenius_to_widest",
+    "scaled_rmse",
+    "scaled_rmse_to_widest",
+    "sgd_flow_rate",
+    "successive_differences",
+    "wasserstein1",
+    "wasserstein1_to_widest",
+]
