@@ -143,7 +143,10 @@ class EnsembleTrainer:
 
     # -- data ----------------------------------------------------------------
     def to_tensors(self, x: np.ndarray, y: np.ndarray) -> tuple[Tensor, Tensor]:
-        xt = torch.as_tensor(x, device=self.device, dtype=self.dtype)
+        if np.issubdtype(x.dtype, np.integer):  # token ids stay integers
+            xt = torch.as_tensor(x, device=self.device, dtype=torch.long)
+        else:
+            xt = torch.as_tensor(x, device=self.device, dtype=self.dtype)
         if self.loss_name == "cross_entropy":
             return xt, torch.as_tensor(y, device=self.device)
         if y.ndim == 1:  # mse on a classification stream: one-hot targets

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from widthwise.losses import per_member_loss
+from widthwise.losses import per_member_error, per_member_loss
 from widthwise.probes.base import PROBES, ProbeContext, ProbeDef, ProbeResult, mask_diverged
 from widthwise.schedule import Schedule
 
@@ -28,20 +28,22 @@ PROBES.register("train_loss", options=TrainLossOptions, description="minibatch t
 
 
 def test_probe(ctx: ProbeContext, options: TestOptions) -> ProbeResult:
-    """test_loss (seed); test_error (seed) for classification; test_logits (seed, point, output)."""
+    """test_loss (seed); test_error (seed) for classification; test_logits (seed, point, output).
+
+    Sequence models get test_logits (seed, point, position, output).
+    """
     with torch.no_grad():
         logits = ctx.ensemble.forward(ctx.params, ctx.probe_x)  # (seed, point, output)
         loss = per_member_loss(ctx.ensemble.loss, logits, ctx.probe_y)
     alive = ctx.alive.cpu().numpy()
     out: ProbeResult = {"test_loss": (("seed",), mask_diverged(loss.cpu().numpy(), alive))}
     if ctx.ensemble.loss == "cross_entropy":
-        wrong = (logits.argmax(-1) != ctx.probe_y).float().mean(-1)
+        wrong = per_member_error(logits, ctx.probe_y)
         out["test_error"] = (("seed",), mask_diverged(wrong.cpu().numpy(), alive))
     if options.logits:
-        out["test_logits"] = (
-            ("seed", "point", "output"),
-            mask_diverged(logits.cpu().numpy(), alive),
-        )
+        # (seed, point, output), or (seed, point, position, output) for sequence models
+        dims = ("seed", "point", *("position",) * (logits.ndim - 3), "output")
+        out["test_logits"] = (dims, mask_diverged(logits.cpu().numpy(), alive))
     return out
 
 

@@ -93,10 +93,10 @@ def open_study(path: str | PathLike[str]) -> xr.Dataset:
         x, y = z["x"], z["y"]
     if "point" in ds.dims and ds.sizes["point"] != len(x):
         warnings.warn("probe set size differs from the logged logits", stacklevel=2)
-    if y.ndim == 2:
-        ds["test_target"] = (("point", "output"), y.astype(np.float64))
-    else:
-        ds["test_label"] = (("point",), y.astype(np.int64))
+    if np.issubdtype(y.dtype, np.floating):
+        ds["test_target"] = (("point", "output"), y.reshape(len(y), -1).astype(np.float64))
+    else:  # class labels (point,) or token labels (point, position)
+        ds["test_label"] = (("point", "position")[: y.ndim], y.astype(np.int64))
     ds = ds.assign_coords(
         width=present,
         **({"point": np.arange(ds.sizes["point"])} if "point" in ds.dims else {}),
