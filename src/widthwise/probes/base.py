@@ -21,6 +21,8 @@ from widthwise.registry import Registry
 from widthwise.schedule import Schedule
 
 if TYPE_CHECKING:
+    import torch
+
     from widthwise.ensemble import Ensemble
     from widthwise.streams.base import Stream
 
@@ -39,6 +41,7 @@ class ProbeContext:
     alive: Tensor  # (seed,) bool; diverged members are reported as NaN
     stream: Stream
     lr: float  # base learning rate at this step (after the schedule)
+    optimizer: torch.optim.Optimizer | None = None  # read-only; e.g. Adam state for sharpness
 
 
 @dataclass(frozen=True)
