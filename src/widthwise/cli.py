@@ -1,4 +1,4 @@
-"""The ``widthwise`` command line: run, show, list, coord-check.
+"""The ``widthwise`` command line: run, show, list, coord-check, report, compare.
 
 Exit codes: 0 success; 2 bad input (one line on stderr naming what is wrong, no
 traceback); 130 interrupted (the run resumes where its last checkpoint left it).
@@ -7,6 +7,7 @@ traceback); 130 interrupted (the run resumes where its last checkpoint left it).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -68,7 +69,8 @@ def _print_show(path: Path, console: Console) -> None:
         if "test_error_mean" in s:
             row.append(f"{float(s.test_error_mean[i]):.3f}")
         row.append(f"{int(s.diverged[i])}/{ds.sizes['seed']}")
-        row.append(f"{float(s.wall_time[i]):.1f} s")
+        wall = float(s.wall_time[i])
+        row.append(f"{wall:.1f} s" if math.isfinite(wall) else "—")
         table.add_row(*row)
     console.print(table)
     if ds.attrs.get("skipped_records"):
@@ -114,9 +116,35 @@ def _cmd_coord_check(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace, console: Console) -> int:
+    from widthwise.report import build_report
+
+    page = build_report(args.dir, args.out, coord_check=args.coord_check, tol=args.tol)
+    console.print(f"Report in [bold]{page}[/] (figures/ and csv/ beside it)")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace, console: Console) -> int:
+    from widthwise.report import build_compare
+
+    page = build_compare(args.dirs, args.out)
+    console.print(f"Comparison in [bold]{page}[/] (figures/ and csv/ beside it)")
+    return 0
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="widthwise", description="Width-consistency studies of neural networks.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
     r = sub.add_parser("run", help="run or resume a study (a YAML spec or a bundled name)")
     r.add_argument("spec", help="path to a study YAML, or a bundled name (widthwise list)")
     r.add_argument("--out", help="study directory (default: runs/<name>)")
@@ -130,16 +158,44 @@ def build_parser() -> argparse.ArgumentParser:
     ls.set_defaults(fn=_cmd_list)
     c = sub.add_parser("coord-check", help="activation size vs width over the first steps")
     c.add_argument("spec")
-    c.add_argument("--steps", type=int, default=3)
+    c.add_argument("--steps", type=_non_negative_int, default=3, help="updates to take (>= 0)")
     c.add_argument("--device")
     c.set_defaults(fn=_cmd_coord_check)
+    rp = sub.add_parser("report", help="HTML report, figures and CSV of a study directory")
+    rp.add_argument("dir", help="study directory")
+    rp.add_argument("--out", help="report directory (default: DIR/report)")
+    rp.add_argument("--tol", type=float, default=0.05, help="relative verdict tolerance")
+    cc = rp.add_mutually_exclusive_group()
+    cc.add_argument(
+        "--coord-check",
+        dest="coord_check",
+        action="store_const",
+        const=True,
+        help="always run the coordinate check (default: when it is cheap)",
+    )
+    cc.add_argument("--no-coord-check", dest="coord_check", action="store_const", const=False)
+    rp.set_defaults(fn=_cmd_report, coord_check=None)
+    cm = sub.add_parser("compare", help="overlay studies that differ in one setting")
+    cm.add_argument("dirs", nargs="+", metavar="DIR", help="two or more study directories")
+    cm.add_argument("--out", required=True, help="report directory")
+    cm.set_defaults(fn=_cmd_compare)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     console = Console()
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        # unknown flags are named even when the command is missing (parse_args would
+        # only say "a command is required")
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        if args.command is None:
+            parser.error(
+                "a command is required: run, show, list, coord-check, report or compare "
+                "(see --help)"
+            )
         return args.fn(args, console)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -72,7 +72,10 @@ class WidthDir:
             pdir.mkdir(exist_ok=True)
             atomic_write_json(
                 pdir / "coords.json",
-                {k: {"dims": list(d), "values": np.asarray(v).tolist()} for k, (d, v) in coords.items()},
+                {
+                    k: {"dims": list(d), "values": np.asarray(v).tolist()}
+                    for k, (d, v) in coords.items()
+                },
             )
             self._dims_written.add((probe, "coords"))
         if scalars:

@@ -24,8 +24,9 @@ class Stream(ABC):
     ``batch(step, size)`` depends only on (data seed, step, size), so every width and
     every seed sees identical batches in the same order (paper Appendix F).
     ``probe_set(n)`` is a fixed held-out sample of the same distribution.
-    Arrays: ``x: (n, *in_shape)`` float32; ``y: (n, out_dim)`` float32 for ``mse``
-    or ``(n,)`` int64 class labels for ``cross_entropy``.
+    Arrays: ``x: (n, *in_shape)`` float32 (or int64 token ids for text); ``y: (n,
+    out_dim)`` float32 for ``mse``, or int64 labels for ``cross_entropy``: ``(n,)``
+    classes or ``(n, position)`` tokens (-100 = no loss at that position).
     """
 
     in_shape: tuple[int, ...]

@@ -1,0 +1,183 @@
+"""``build_report``: a study directory in, DIR/report/ out (HTML, PNG, SVG, CSV).
+
+Layout of the output directory::
+
+    report.html           self-contained page (figures embedded, inline CSS)
+    figures/<name>.png    every figure, 150 dpi
+    figures/<name>.svg    and as vector graphics (text as text)
+    csv/<name>.csv        tidy tables of every plotted number (one row per value)
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from widthwise import __version__
+from widthwise.errors import StoreError, UserError
+from widthwise.report import sections_curves as sc
+from widthwise.report import sections_repr as sr
+from widthwise.report.html import render_html
+from widthwise.report.section import TOL, Section, flatten_samples, spec_of
+from widthwise.store import open_study
+
+DPI = 150
+CSS_PX_PER_INCH = 120  # figures are shown a little above print size: 8 pt text ≈ 13 px
+COORD_CHECK_STEPS = 3
+COORD_CHECK_BUDGET_S = 3.0  # run the coordinate check when it should take about this long
+
+
+def study_sections(
+    ds: xr.Dataset,
+    *,
+    tol: float = TOL,
+    coord: xr.DataArray | None = None,
+    coord_note: str = "",
+) -> list[Section]:
+    """Every section the study has data for, in the paper's order (summary first).
+
+    ``tol``: relative tolerance of the consistency verdicts (summary, Fig. 4 section).
+    """
+    if not (np.isfinite(tol) and tol > 0):
+        raise UserError(f"The tolerance must be a number > 0. Got {tol!r}.")
+    ds = flatten_samples(ds)
+    builders = (
+        sc.loss_section,
+        sc.logits_section,
+        sc.distance_section,
+        functools.partial(sc.successive_section, tol=tol),
+        sr.kernels_section,
+        sr.preacts_section,
+        sr.attention_section,
+        sr.sharpness_section,
+        sc.bias_variance_section,
+        sc.power_law_section,
+        sr.ntk_section,
+    )
+    sections = [sc.summary_section(ds, tol)]
+    sections += [s for s in (b(ds) for b in builders) if s is not None]
+    if coord is not None or coord_note:
+        sections.append(sr.coord_check_section(coord, coord_note))
+    return sections
+
+
+def _coord_check(ds: xr.Dataset, study_dir: Path, mode: bool | None):
+    """(DataArray, "") when the coordinate check ran, else (None, why it did not)."""
+    hint = f"run `widthwise coord-check {study_dir / 'spec.yaml'}`"
+    if mode is False:
+        return None, f"Skipped (not requested); {hint}."
+    spec = spec_of(ds)
+    steps = max(int(spec.get("steps", 1)), 1)
+    est = float(np.nansum(ds.wall_time.values)) * COORD_CHECK_STEPS / steps
+    if mode is None and not est <= COORD_CHECK_BUDGET_S:
+        return None, f"Skipped: about {est:.0f} s of training for this study's widths; {hint}."
+    from widthwise.coord_check import coord_check
+    from widthwise.spec import validate_spec
+
+    try:
+        cc = coord_check(validate_spec(spec, "study spec"), steps=COORD_CHECK_STEPS)
+    except UserError as err:
+        return None, f"Skipped: {err}"
+    return cc, ""
+
+
+def render_figures(sections: Sequence[Section], out: Path) -> dict[str, tuple[bytes, int]]:
+    """Write every panel as PNG and SVG under out/figures; return the PNGs for embedding."""
+    figdir = out / "figures"
+    figdir.mkdir(parents=True, exist_ok=True)
+    images = {}
+    for sec in sections:
+        for panel in sec.panels:
+            buf = io.BytesIO()
+            panel.figure.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+            png = buf.getvalue()
+            (figdir / f"{panel.name}.png").write_bytes(png)
+            # the layout is fixed by now: freezing it halves the cost of the second save
+            panel.figure.set_layout_engine("none")
+            panel.figure.savefig(
+                figdir / f"{panel.name}.svg", format="svg", metadata={"Date": None}
+            )
+            width = round(panel.figure.get_figwidth() * CSS_PX_PER_INCH)
+            images[panel.name] = (png, width)
+    return images
+
+
+def write_tables(sections: Sequence[Section], out: Path) -> list[Path]:
+    csvdir = out / "csv"
+    csvdir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for sec in sections:
+        for name, df in sec.tables.items():
+            path = csvdir / f"{name}.csv"
+            df.to_csv(path, index=False, float_format="%.8g")
+            paths.append(path)
+    return paths
+
+
+def _clear_previous(out: Path) -> None:
+    """Remove figures and tables a previous build left (only our own file types)."""
+    for sub, exts in (("figures", (".png", ".svg")), ("csv", (".csv",))):
+        d = out / sub
+        if d.is_dir():
+            for p in d.iterdir():
+                if p.suffix in exts and p.is_file():
+                    p.unlink()
+
+
+def write_report(sections: Sequence[Section], out: Path, *, title: str, subtitle: str) -> Path:
+    """Figures, tables and report.html for ``sections`` under ``out``; returns the page."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise StoreError(f"{out}: cannot create the report directory: {err}") from None
+    _clear_previous(out)
+    images = render_figures(sections, out)
+    write_tables(sections, out)
+    page = render_html(
+        title,
+        subtitle,
+        sections,
+        images,
+        footer=f"widthwise {__version__} · {time.strftime('%Y-%m-%d %H:%M')}",
+    )
+    path = out / "report.html"
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def build_report(
+    study_dir: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    coord_check: bool | None = None,
+    tol: float = TOL,
+) -> Path:
+    """Write the report of the study in ``study_dir`` and return the path of report.html.
+
+    ``out_dir`` defaults to ``study_dir/report``. Sections appear only for what the
+    study recorded. ``coord_check``: True runs the coordinate check on the study's spec
+    (3 steps), False skips it, None (default) runs it when that costs
+    about 3 s or less (estimated from the study's wall time). ``tol``: relative tolerance
+    of the consistency verdicts (default 0.05).
+    Raises :class:`~widthwise.errors.StoreError` for a directory that is not a study.
+    """
+    study_dir = Path(study_dir)
+    ds = open_study(study_dir)
+    out = Path(out_dir) if out_dir is not None else study_dir / "report"
+    coord, note = _coord_check(ds, study_dir, coord_check)
+    sections = study_sections(ds, tol=tol, coord=coord, coord_note=note)
+    spec = spec_of(ds)
+    subtitle = (
+        f"{spec.get('model', {}).get('family', '?')} × {ds.attrs.get('parameterization', '?')}, "
+        f"widths {', '.join(str(int(w)) for w in ds.width.values)}, {ds.sizes['seed']} seeds, "
+        f"{spec.get('steps', '?')} steps — {study_dir}"
+    )
+    return write_report(
+        sections, out, title=f"widthwise report: {ds.attrs.get('name', '?')}", subtitle=subtitle
+    )

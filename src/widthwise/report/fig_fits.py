@@ -1,0 +1,275 @@
+"""Figures of seed statistics and fits in width: bias/variance, power laws, sharpness,
+coordinate check. Pure functions: DataArrays / Datasets in, a Figure out."""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, NullLocator
+
+from widthwise.report.fig_curves import STEP, nan_stats, width_lines
+from widthwise.report.style import (
+    MARKERS,
+    new_figure,
+    positive,
+    style_axes,
+    styled,
+    width_colorbar,
+    width_colors,
+    width_ticks,
+)
+
+BAR_COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52")
+
+
+@styled
+def bias_variance(
+    final: xr.Dataset,
+    curves: xr.Dataset | None = None,
+    sizes: xr.DataArray | None = None,
+    *,
+    loss_name: str = "loss",
+) -> Figure:
+    """Bias and variance over initialization (paper Fig. 7; Appendix F, H / Fig. 18).
+
+    ``final``: :func:`widthwise.analysis.bias_variance` at one step, dims (width,):
+    bars of the single-network loss, the ensemble loss, the variance gap (single −
+    ensemble) and the bias gap (ensemble − widest ensemble). ``curves``: the same over
+    training, dims (width, test_step): single (solid) vs ensemble (dashed) loss.
+    ``sizes``: :func:`widthwise.analysis.ensemble_size_curve` at one step, dims
+    (ensemble_size, width): loss of ensembles of k seeds.
+    """
+    ncols = 1 + (curves is not None) + (sizes is not None)
+    fig, axes = new_figure(1, ncols)
+    widths = final.width.values.tolist()
+    colors = width_colors(widths)
+    ax = axes[0, 0]
+    names = [
+        ("single_loss", "single net"),
+        ("ensemble_loss", "ensemble"),
+        ("variance_gap", "variance gap"),
+        ("bias_gap", "bias gap"),
+    ]
+    x = np.arange(len(widths))
+    bw = 0.8 / len(names)
+    for i, (var, label) in enumerate(names):
+        ax.bar(x + (i - 1.5) * bw, final[var].values, bw, color=BAR_COLORS[i], label=label)
+    ax.set_xticks(x, [str(int(w)) for w in widths])
+    ax.grid(axis="x", visible=False)
+    ax.axhline(0, color="0.3", lw=0.6)
+    style_axes(ax, xlabel="width", ylabel=loss_name, title="loss split at the final step")
+    top = np.nanmax([final[v].values for v, _ in names])
+    if np.isfinite(top) and top > 0:
+        ax.set_ylim(top=top * 1.5)  # room for the legend above the bars
+    ax.legend(loc="upper center", ncols=2, fontsize=6.5, columnspacing=1.0, handlelength=1.2)
+    col = 1
+    if curves is not None:
+        ax = axes[0, col]
+        col += 1
+        width_lines(ax, curves["single_loss"], "test_step", colors, logx=True, logy=True)
+        width_lines(ax, curves["ensemble_loss"], "test_step", colors, logx=True, logy=True, ls="--")
+        ax.plot([], [], color="0.3", label="single net")
+        ax.plot([], [], color="0.3", ls="--", label="ensemble")
+        ax.legend(loc="lower left")
+        style_axes(
+            ax,
+            xlabel=STEP,
+            ylabel=loss_name,
+            title="single vs ensemble over training",
+            logx=True,
+            logy=True,
+        )
+    if sizes is not None:
+        ax = axes[0, col]
+        k = sizes.ensemble_size.values
+        for w in widths:
+            ax.plot(k, positive(sizes.sel(width=w).values), "o-", color=colors[w], ms=3)
+        ax.set_xticks(k)
+        ax.xaxis.set_minor_locator(NullLocator())
+        style_axes(
+            ax,
+            xlabel="ensemble size (seeds averaged)",
+            ylabel=loss_name,
+            title="ensemble-size sufficiency",
+            logy=True,
+        )
+    width_colorbar(fig, axes, widths)
+    return fig
+
+
+def _fmt_ci(v: float, ci: np.ndarray) -> str:
+    if not np.isfinite(v):
+        return "n/a"
+    if np.all(np.isfinite(ci)):
+        return f"{v:.3g} [{ci[0]:.3g}, {ci[1]:.3g}]"
+    return f"{v:.3g}"
+
+
+def fit_label(fit: xr.Dataset) -> str:
+    """'b = …, c = … [ci], R² = …' for a scalar power-law fit."""
+    return (
+        f"b = {_fmt_ci(float(fit.b), fit.b_ci.values)}\n"
+        f"c = {_fmt_ci(float(fit.c), fit.c_ci.values)}\n"
+        f"R² = {float(fit.r2):.3f}"
+    )
+
+
+@styled
+def power_law(
+    fits: dict[str, tuple[xr.DataArray, xr.Dataset, xr.DataArray]],
+    limit: xr.Dataset | None = None,
+    limit_data: xr.DataArray | None = None,
+    *,
+    loss_name: str = "loss",
+) -> Figure:
+    """Power-law fits L(n) = a·n^(−b) + c in width, with data and intervals (paper Fig. 9).
+
+    ``fits`` maps a panel title to (data (width, seed), fit (scalar Dataset from
+    :func:`widthwise.analysis.power_law_fit`), curve (width,) — the fit evaluated on a
+    fine width grid). Points are seed means with the seed range; the line the fit; the
+    dotted line and band c and its bootstrap interval (the infinite-width value).
+    ``limit``: :func:`widthwise.analysis.limit_curve` over ``test_step`` drawn in black
+    with its interval over the per-width seed means of ``limit_data``.
+    """
+    ncols = len(fits) + (limit is not None)
+    fig, axes = new_figure(1, ncols, height=3.0)
+    widths = sorted({w for data, _, _ in fits.values() for w in data.width.values.tolist()})
+    colors = width_colors(widths)
+    for ax, (title, (data, fit, curve)) in zip(axes[0], fits.items()):
+        vals = data.transpose("width", "seed").values.astype(np.float64)
+        mean, lo, hi = nan_stats(vals, 1)
+        for i, w in enumerate(data.width.values):
+            err = np.array([[max(mean[i] - lo[i], 0)], [max(hi[i] - mean[i], 0)]])
+            ax.errorbar(
+                [w],
+                [mean[i]],
+                yerr=np.nan_to_num(err),
+                fmt="o",
+                color=colors[w],
+                ms=4,
+                capsize=2,
+                zorder=3,
+            )
+        ax.plot(curve.width.values, positive(curve.values), color="0.2", lw=1, label="a·n^(−b) + c")
+        c, c_ci = float(fit.c), fit.c_ci.values
+        style_axes(ax, xlabel="width", ylabel=loss_name, title=title, logx=True, logy=True)
+        lo_y, hi_y = np.nanmin(positive(lo)), np.nanmax(positive(hi))
+        if np.isfinite(c) and c > 0:
+            ax.axhline(c, color="0.4", ls=":", lw=0.8, label="c (n → ∞)")
+            lo_y = min(lo_y, c)
+        if np.all(np.isfinite(c_ci)) and c_ci[1] > 0:
+            ax.axhspan(
+                max(c_ci[0], lo_y / 10),
+                c_ci[1],
+                color="0.5",
+                alpha=0.15,
+                lw=0,
+                label="c: 95 % interval",
+            )
+        if np.isfinite(lo_y) and np.isfinite(hi_y) and hi_y > 0:
+            ax.set_ylim(lo_y / 4, hi_y * 1.4)  # room below the data for the fit box
+        width_ticks(ax, data.width.values)
+        leg = ax.legend(
+            loc="lower left",  # L decreases in width: the lower left is free
+            title=fit_label(fit),
+            title_fontsize=7,
+            alignment="left",
+            frameon=True,
+            framealpha=0.85,
+            edgecolor="0.8",
+        )
+        leg.get_frame().set_linewidth(0.5)
+    if limit is not None:
+        ax = axes[0, -1]
+        if limit_data is not None:
+            width_lines(
+                ax, limit_data, "test_step", colors, logx=True, logy=True, band=False, lw=0.9
+            )
+        x = limit.test_step.values.astype(np.float64)
+        keep = x > 0
+        c = limit.limit.values[keep]
+        finite = c[np.isfinite(c)]
+        logy = bool(finite.size and np.mean(finite > 0) >= 0.5)  # c = 0 steps leave gaps
+        ci = limit.limit_ci.transpose("test_step", "bound").values[keep]
+        tr = positive if logy else np.asarray
+        ax.plot(x[keep], tr(c), color="k", lw=1.6, label="extrapolated n → ∞")
+        ax.fill_between(x[keep], tr(ci[:, 0]), tr(ci[:, 1]), color="k", alpha=0.15, lw=0)
+        ax.legend(loc="upper right")
+        style_axes(
+            ax,
+            xlabel=STEP,
+            ylabel=loss_name,
+            title="infinite-width limit over training",
+            logx=True,
+            logy=logy,
+        )
+        if logy:  # the interval's low end may reach far below the data: clip the view
+            shown = [positive(c)]
+            if limit_data is not None:
+                shown.append(positive(limit_data.values.ravel()))
+            low = np.nanmin(np.concatenate(shown))
+            if np.isfinite(low):
+                ax.set_ylim(bottom=low / 2)
+    width_colorbar(fig, axes, widths)
+    return fig
+
+
+@styled
+def sharpness(
+    da: xr.DataArray, thresholds: dict[str, float], *, ylabel: str = "top Hessian eigenvalue"
+) -> Figure:
+    """Sharpness over training per width, with stability thresholds (paper Fig. 6a).
+
+    ``da`` (width, seed, sharpness_step): the top eigenvalue; ``thresholds`` maps a
+    label (e.g. '2/lr') to a value drawn as a dashed horizontal line.
+    """
+    fig, axes = new_figure(1, 1, height=2.8)
+    ax = axes[0, 0]
+    widths = da.width.values.tolist()
+    colors = width_colors(widths)
+    width_lines(ax, da, "sharpness_step", colors, marker="o")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for i, (label, value) in enumerate(thresholds.items()):
+        ax.axhline(value, color="crimson", ls=("--", ":")[i % 2], lw=0.9, label=label)
+    if thresholds:
+        top = max([*thresholds.values(), float(np.nanmax(da.values))])
+        ax.set_ylim(top=top * 1.2)  # room for the legend above the threshold lines
+        ax.legend(loc="upper right")
+    style_axes(ax, xlabel=STEP, ylabel=ylabel, title="sharpness over training")
+    width_colorbar(fig, axes, widths)
+    return fig
+
+
+@styled
+def coord_check(da: xr.DataArray) -> Figure:
+    """Mean |activation| per layer vs width after each of the first steps (coordinate check).
+
+    ``da`` (width, layer, step) from :func:`widthwise.coord_check`. Flat lines in
+    width mean the parameterization has a width-independent limit; growth means it
+    blows up (sp).
+    """
+    steps = da.step.values
+    fig, axes = new_figure(1, len(steps), sharey=True)
+    w = da.width.values
+    for ax, s in zip(axes[0], steps):
+        for i, layer in enumerate(da.layer.values):
+            ax.plot(
+                w,
+                positive(da.sel(step=s, layer=layer).values),
+                marker=MARKERS[i % 4],
+                ms=3,
+                color=f"C{i}",
+                label=str(layer),
+            )
+        style_axes(
+            ax,
+            xlabel="width",
+            ylabel="mean |coordinate|" if s == steps[0] else "",
+            title=f"after {int(s)} step{'s' if s != 1 else ''}",
+            logx=True,
+            logy=True,
+        )
+        width_ticks(ax, w)
+    axes[0, 0].legend(loc="best")
+    return fig

@@ -1,0 +1,370 @@
+"""The report: sections exactly for the data a study recorded, images that decode,
+a page that references nothing outside itself, CSV of every plotted number, the CLI.
+
+Tiny studies (widths 16-64, a few seeds, ≤ 30 steps) are trained once per session
+by :func:`study` and shared with ``test_report_browser.py``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+from conftest import tiny_spec_dict
+from matplotlib.figure import Figure
+from PIL import Image
+
+import widthwise
+from widthwise.cli import main
+from widthwise.report import build_compare, build_report, fig_curves, fig_fits
+
+ALL_SECTIONS = {
+    "summary",
+    "loss",
+    "logits",
+    "distance",
+    "successive",
+    "kernels",
+    "preacts",
+    "attention",
+    "sharpness",
+    "bias_variance",
+    "power_law",
+    "ntk",
+    "coord_check",
+}
+CURVES = {"summary", "loss", "logits", "distance", "successive", "bias_variance", "power_law"}
+
+STUDIES: dict[str, dict[str, Any]] = {
+    # widths 16-64, 3 seeds, test logits: every loss/logit section
+    "base": {"widths": [16, 32, 64], "seeds": 3, "steps": 20},
+    "base_sp": {"widths": [16, 32, 64], "seeds": 3, "steps": 20, "parameterization": "sp"},
+    # the representation probes (kernels, preactivations, sharpness, eNTK)
+    "probes": {
+        "widths": [16, 32, 64],
+        "seeds": 2,
+        "steps": 20,
+        "probes": {
+            "train_loss": {"every": 1},
+            "test": {"every": 5},
+            "kernels": {"every": 10, "points": 8},
+            "preacts": {"at": ["init", "end"], "bins": 30},
+            "sharpness": {"at": ["init", "end"], "batch_points": 16, "iters": 12, "tol": 0.01},
+            "entk": {"at": ["init", "end"], "points": 8},
+        },
+    },
+    # the training loss only, two widths, one seed: almost nothing to show
+    "loss_only": {
+        "widths": [16, 32],
+        "seeds": 1,
+        "steps": 10,
+        "probes": {"train_loss": {"every": 1}},
+    },
+    # a one-layer attention family (tests/tiny_attention_family.py)
+    "attention": {
+        "model": {"family": "tiny_attention", "options": {"heads": 2}},
+        "widths": [8, 16, 32],
+        "base_width": 8,
+        "seeds": 2,
+        "steps": 10,
+        "data": {"stream": "tiny_seq", "seed": 0, "probe_points": 16},
+        "probes": {
+            "train_loss": {"every": 1},
+            "test": {"every": 5, "logits": False},  # losses but no logits
+            "attention": {"at": ["init", "end"], "points": 2},
+        },
+    },
+}
+_CACHE: dict[str, Path] = {}
+
+
+def study(name: str, factory: pytest.TempPathFactory) -> Path:
+    """Train the tiny study ``name`` once per session; returns its directory."""
+    if name not in _CACHE:
+        if name == "attention":
+            from tiny_attention_family import register
+
+            register()
+        out = factory.mktemp(f"study_{name}")
+        raw = tiny_spec_dict(out, name=f"tiny_{name}", **STUDIES[name])
+        raw["checkpoint_every"] = raw["steps"]
+        spec = widthwise.spec.validate_spec(raw, name)
+        widthwise.run(spec, progress=False)
+        _CACHE[name] = out
+    return _CACHE[name]
+
+
+_REPORTS: dict[str, Path] = {}
+
+
+def report_of(name: str, factory: pytest.TempPathFactory) -> Path:
+    """report.html of the tiny study ``name`` (coordinate check off), built once per session."""
+    if name not in _REPORTS:
+        d = study(name, factory)
+        _REPORTS[name] = build_report(d, factory.mktemp(f"report_{name}"), coord_check=False)
+    return _REPORTS[name]
+
+
+def section_ids(page: str) -> set[str]:
+    return set(re.findall(r'<section id="([a-z_]+)"', page))
+
+
+DATA_URI = re.compile(r"data:image/png;base64,([A-Za-z0-9+/=]+)")
+
+
+def assert_self_contained(page: str) -> None:
+    """No reference to anything outside the page: no URLs, no files, no stylesheets."""
+    bare = DATA_URI.sub("data:", page)
+    for bad in ("http:", "https:", "//", "<link", "@import", "url(", "<script", "<iframe"):
+        assert bad not in bare, f"{bad!r} in the report"
+    for attr in re.findall(r'\b(?:src|href|srcset|poster|data)="([^"]*)"', bare):
+        assert attr.startswith(("data:", "#")), f"external reference {attr!r}"
+
+
+def assert_images_decode(page: str) -> int:
+    uris = DATA_URI.findall(page)
+    for b64 in uris:
+        with Image.open(io.BytesIO(base64.b64decode(b64, validate=True))) as img:
+            img.load()
+            assert img.format == "PNG" and img.width > 100 and img.height > 50
+    return len(uris)
+
+
+def check_report(page_path: Path, expected: set[str]) -> str:
+    """Every common check of a report directory; returns the page."""
+    page = page_path.read_text(encoding="utf-8")
+    assert section_ids(page) == expected
+    assert_self_contained(page)
+    n_img = assert_images_decode(page)
+    out = page_path.parent
+    pngs = sorted((out / "figures").glob("*.png"))
+    assert n_img == len(pngs) == len(re.findall(r"<img ", page)) > 0
+    for png in pngs:
+        svg = png.with_suffix(".svg")
+        root = ET.parse(svg).getroot()
+        assert root.tag.endswith("svg")
+    listed = re.findall(r"<code>csv/([A-Za-z0-9_]+)\.csv</code>", page)
+    assert listed and sorted(listed) == sorted(p.stem for p in (out / "csv").glob("*.csv"))
+    for name in listed:
+        df = pd.read_csv(out / "csv" / f"{name}.csv")
+        assert len(df) > 0 and len(df.columns) >= 1, name
+    return page
+
+
+# -- reports of tiny studies -----------------------------------------------------------
+
+
+def test_base_study_sections_and_files(tmp_path_factory):
+    d = study("base", tmp_path_factory)
+    page = check_report(build_report(d, coord_check=True), CURVES | {"coord_check"})
+    # the summary card states the spec, the verdicts with their tolerance, divergence, time
+    for text in (
+        "tiny_base",
+        "mup",
+        "16, 32, 64",
+        "tolerance 0.05",
+        "diverged members",
+        "wall time",
+        "test logits",
+    ):
+        assert text in page
+    # the tidy CSV holds the plotted numbers: the training loss of every width/seed/step
+    ds = widthwise.open_study(d)
+    df = pd.read_csv(d / "report" / "csv" / "train_loss.csv")
+    assert set(df.columns) >= {"width", "seed", "step", "train_loss"}
+    assert len(df) == ds.train_loss.size
+    got = df.set_index(["width", "seed", "step"])["train_loss"].to_xarray()
+    np.testing.assert_allclose(got.values, ds.train_loss.values, rtol=1e-7)
+
+
+def test_probe_study_has_representation_sections(tmp_path_factory):
+    page_path = report_of("probes", tmp_path_factory)
+    page = check_report(
+        page_path, CURVES | {"kernels", "preacts", "sharpness", "ntk", "coord_check"}
+    )
+    rep = page_path.parent
+    assert "2/lr = 20" in (rep / "figures" / "sharpness.svg").read_text()
+    assert "Skipped (not requested)" in page  # coordinate check: a note, no figure
+    assert not (rep / "figures" / "coord_check.png").exists()
+    for name in (
+        "kernel_grid",
+        "kernel_distance",
+        "preact_histograms",
+        "sharpness",
+        "ntk_spectrum",
+    ):
+        assert (rep / "figures" / f"{name}.png").is_file()
+
+
+def test_attention_study_has_attention_section(tmp_path_factory, tmp_path):
+    d = study("attention", tmp_path_factory)
+    expected = {"summary", "loss", "successive", "power_law", "attention", "coord_check"}
+    check_report(build_report(d, tmp_path, coord_check=False), expected)
+    assert (tmp_path / "figures" / "attention_grid.png").is_file()
+    assert (tmp_path / "figures" / "attention_distance.png").is_file()
+
+
+def test_sections_absent_without_data(tmp_path_factory, tmp_path):
+    d = study("loss_only", tmp_path_factory)
+    page = check_report(
+        build_report(d, tmp_path, coord_check=False),
+        {"summary", "loss", "successive", "coord_check"},
+    )
+    # no logits, a single seed, two widths: none of these may appear, even as a title
+    for title in (
+        "Logit trajectories",
+        "Distance to the widest",
+        "Bias and variance",
+        "Power laws",
+        "Feature kernels",
+        "Attention maps",
+        "eNTK spectrum",
+    ):
+        assert title not in page
+
+
+def test_rebuild_removes_stale_files(tmp_path_factory, tmp_path):
+    d = study("loss_only", tmp_path_factory)
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "old_figure.png").write_bytes(b"stale")
+    build_report(d, tmp_path, coord_check=False)
+    assert not (tmp_path / "figures" / "old_figure.png").exists()
+
+
+def test_compare_overlays_studies(tmp_path_factory, tmp_path):
+    a, b = study("base", tmp_path_factory), study("base_sp", tmp_path_factory)
+    page = check_report(
+        build_compare([a, b], tmp_path), {"summary", "loss", "final_loss", "distance"}
+    )
+    assert "mup vs sp" in page  # the differing setting, named in the summary
+    df = pd.read_csv(tmp_path / "csv" / "compare_test_loss.csv")
+    assert set(df.study) == {"mup", "sp"}
+
+
+# -- command line ----------------------------------------------------------------------
+
+
+def test_cli_report_and_compare(tmp_path_factory, tmp_path, capsys):
+    d = study("loss_only", tmp_path_factory)
+    assert main(["report", str(d), "--out", str(tmp_path / "r"), "--no-coord-check"]) == 0
+    assert (tmp_path / "r" / "report.html").is_file()
+    assert main(["compare", str(d), str(d), "--out", str(tmp_path / "c")]) == 0
+    assert (tmp_path / "c" / "report.html").is_file()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["report", "{missing}"],
+        ["report", "{empty}"],
+        ["compare", "{empty}", "{missing}", "--out", "{out}"],
+        ["compare", "{empty}", "--out", "{out}"],
+        ["report", "{empty}", "--tol", "-1"],
+    ],
+)
+def test_cli_errors_are_one_line(argv, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    paths = {"missing": tmp_path / "nope", "empty": tmp_path / "empty", "out": tmp_path / "o"}
+    assert main([a.format(**paths) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_bad_tolerance_is_a_user_error(tmp_path_factory, tmp_path):
+    d = study("loss_only", tmp_path_factory)
+    with pytest.raises(widthwise.UserError, match="tolerance"):
+        build_report(d, tmp_path, tol=0.0)
+
+
+# -- figure functions are pure: arrays in, a Figure with a width colour bar out ---------
+
+
+def _curves(widths=(16, 32, 64), seeds=2, steps=5) -> xr.DataArray:
+    rng = np.random.default_rng(0)
+    vals = np.abs(rng.standard_normal((len(widths), seeds, steps))) + 0.1
+    return xr.DataArray(
+        vals,
+        dims=("width", "seed", "step"),
+        coords={"width": list(widths), "step": np.arange(steps)},
+    )
+
+
+def test_figures_have_a_width_colorbar():
+    fig = fig_curves.loss_curves(_curves(), None)
+    assert isinstance(fig, Figure)
+    (ax,) = [a for a in fig.axes if a.get_label() != "<colorbar>"]
+    cbar = [a for a in fig.axes if a.get_label() == "<colorbar>"]
+    assert len(cbar) == 1 and cbar[0].get_ylabel() == "width"
+    assert [t.get_text() for t in cbar[0].get_yticklabels()] == ["16", "32", "64"]
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    assert ax.get_xlabel() and ax.get_ylabel()
+    # colours ordered by width: darker (lower luminance) for narrower
+    lum = [np.dot(line.get_color()[:3], [0.299, 0.587, 0.114]) for line in ax.get_lines()]
+    assert lum == sorted(lum)
+
+
+def test_figures_single_width_and_nan_members():
+    da = _curves(widths=(32,))
+    da[0, 0, 2:] = np.nan  # a diverged member
+    fig = fig_curves.loss_curves(da, da.rename(step="test_step"))
+    assert isinstance(fig, Figure)
+    curve = xr.DataArray([1.0, 0.5], dims="width", coords={"width": [16, 32]})
+    fit = widthwise.analysis.power_law_fit(_curves().isel(step=0))
+    fig = fig_fits.power_law({"t": (_curves().isel(step=0), fit, curve)})
+    assert isinstance(fig, Figure)
+
+
+# -- sequence studies: (point, position) samples are folded into one point dim --------
+
+
+def _sequence_study(widths=(16, 32, 64), seeds=2, steps=3, points=4, seq=5, vocab=7):
+    rng = np.random.default_rng(1)
+    dims = ("width", "seed", "test_step", "point", "position", "output")
+    shape = (len(widths), seeds, steps, points, seq, vocab)
+    coords = {"width": list(widths), "seed": np.arange(seeds), "test_step": np.arange(steps)}
+    ds = xr.Dataset(
+        {
+            "test_logits": (dims, rng.standard_normal(shape).astype(np.float32)),
+            "test_label": (("point", "position"), rng.integers(0, vocab, (points, seq))),
+            "test_loss": (dims[:3], rng.uniform(1, 2, shape[:3])),
+            "diverged_step": (("width", "seed"), np.full((len(widths), seeds), -1)),
+            "status": (("width",), ["done"] * len(widths)),
+            "wall_time": (("width",), np.ones(len(widths))),
+        },
+        coords={**coords, "point": np.arange(points)},
+    )
+    ds.attrs = {"name": "seq", "parameterization": "mup", "spec": '{"loss": "cross_entropy"}'}
+    return ds
+
+
+def test_sequence_samples_are_folded_into_points():
+    from widthwise.report.build import study_sections
+    from widthwise.report.section import FLAT, flatten_samples
+
+    ds = _sequence_study()
+    flat = flatten_samples(ds)
+    assert flat.test_logits.dims == ("width", "seed", "test_step", "point", "output")
+    assert flat.test_label.dims == ("point",) and flat.sizes["point"] == 4 * 5
+    assert flat.attrs[FLAT] == "point, position"
+    # (sequence 1, position 2) is flattened point 1 * 5 + 2
+    np.testing.assert_array_equal(
+        flat.test_logits.isel(point=7).values, ds.test_logits.isel(point=1, position=2).values
+    )
+    ids = [s.id for s in study_sections(ds)]
+    assert ids == [
+        "summary",
+        "loss",
+        "logits",
+        "distance",
+        "successive",
+        "bias_variance",
+        "power_law",
+    ]
