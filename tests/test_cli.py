@@ -65,7 +65,7 @@ def expected_cells(ds: Any, i: int) -> tuple[str, str]:
     """train loss (mean of each seed's last 10 steps) and final test loss, mean ± std."""
     tail = ds.train_loss.values[i, :, -10:].mean(axis=1)
     test = ds.test_loss.values[i, :, -1]
-    return f"{tail.mean():.4g} ± {tail.std():.2g}", f"{test.mean():.4g} ± {test.std():.2g}"
+    return f"{tail.mean():.3g} ± {tail.std():.1g}", f"{test.mean():.3g} ± {test.std():.1g}"
 
 
 def test_run_then_show(tiny_spec, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

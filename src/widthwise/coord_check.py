@@ -34,12 +34,12 @@ def coord_check(
     """
     widths = widths or spec.widths
     stream = STREAMS.get(spec.data.stream)(spec.data.seed, spec.stream_options())
-    x_np, _ = stream.probe_set(points)
+    x_np, y_np = stream.probe_set(points)
     rows = []
     layer_names: list[str] = []
     for width in widths:
         trainer = EnsembleTrainer(spec, width, stream, device)
-        x = torch.as_tensor(x_np, device=trainer.device, dtype=trainer.dtype)
+        x, _ = trainer.to_tensors(x_np, y_np)  # token ids stay integers
         per_step = []
         for s in range(steps + 1):
             with torch.no_grad():

@@ -35,4 +35,4 @@ def width_summary(ds: xr.Dataset) -> xr.Dataset:
 def fmt_mean_std(mean: float, std: float) -> str:
     if not np.isfinite(mean):
         return "—"
-    return f"{mean:.4g} ± {std:.2g}" if np.isfinite(std) else f"{mean:.4g}"
+    return f"{mean:.3g} ± {std:.1g}" if np.isfinite(std) else f"{mean:.3g}"

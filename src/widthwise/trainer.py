@@ -18,7 +18,7 @@ from torch import Tensor
 
 from widthwise.ensemble import Ensemble
 from widthwise.errors import StoreError, UserError
-from widthwise.families import FAMILIES
+from widthwise.families import build_network
 from widthwise.losses import per_member_loss
 from widthwise.parameterization import ParamRule, RuleContext, rules_for
 from widthwise.probes import PROBES, ProbeContext
@@ -116,8 +116,13 @@ class EnsembleTrainer:
         self.device = device or resolve_device(spec.device)
         self.dtype = DTYPES[spec.dtype]
         options = spec.family_options()
-        self.network = FAMILIES.get(spec.model.family)(
-            width, stream.in_shape, stream.out_dim, options
+        self.network = build_network(
+            spec.model.family,
+            width,
+            stream.in_shape,
+            stream.out_dim,
+            options,
+            parameterization=spec.parameterization.name,
         )
         self.rules = rules_for(
             spec.parameterization.name, list(self.network.params), rule_context(spec, width)

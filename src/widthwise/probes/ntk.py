@@ -387,7 +387,7 @@ def empirical_ntk(
         key = (lambda n: n) if blocks == "tensor" else _layer_of
         group = {n: labels.index(key(n)) for n in names}
     lr_scale = {n: ensemble.rules[n].lr_scale for n in names}
-    like = x.new_empty(0)
+    like = torch.empty(0, dtype=dtype, device=x.device)  # accumulators: float, even for token ids
     outs: list[_Accumulator] = []
     structured: list[str] = []
     for i in range(e):
