@@ -83,12 +83,13 @@ def test_run_then_show(tiny_spec, tmp_path: Path, capsys: pytest.CaptureFixture[
     assert cols == [
         "width",
         "status",
-        "train loss (last 10 steps)",
-        "test loss (final)",
+        "train loss",
+        "test loss",
         "diverged",
         "wall time",
     ]
     assert "tiny (mup, 2 seeds)" in shown
+    assert "last 10 logged steps" in shown
     ds = widthwise.open_study(out)
     rows = table_rows(shown)
     assert list(rows) == ["16", "32"]

@@ -68,6 +68,15 @@ STUDIES: dict[str, dict[str, Any]] = {
         "steps": 10,
         "probes": {"train_loss": {"every": 1}},
     },
+    # every member diverges at once: curves are all NaN after step 0
+    "diverged": {
+        "widths": [16, 32],
+        "seeds": 2,
+        "steps": 10,
+        "model": {"family": "mlp", "options": {"depth": 3, "activation": "tanh"}},
+        "optimizer": {"name": "sgd", "lr": 1.0e8},
+        "probes": {"train_loss": {"every": 1}, "test": {"every": 5}},
+    },
     # a one-layer attention family (tests/tiny_attention_family.py)
     "attention": {
         "model": {"family": "tiny_attention", "options": {"heads": 2}},
@@ -247,6 +256,16 @@ def test_compare_overlays_studies(tmp_path_factory, tmp_path):
     assert "mup vs sp" in page  # the differing setting, named in the summary
     df = pd.read_csv(tmp_path / "csv" / "compare_test_loss.csv")
     assert set(df.study) == {"mup", "sp"}
+
+
+def test_fully_diverged_study_still_reports(tmp_path_factory, tmp_path):
+    """Every member diverged (log axes have no positive data): pages render, no crash."""
+    d = study("diverged", tmp_path_factory)
+    assert (widthwise.open_study(d).diverged_step >= 0).all()
+    page = build_report(d, tmp_path / "report", coord_check=False).read_text()
+    assert_images_decode(page)
+    base = study("base", tmp_path_factory)
+    assert_images_decode(build_compare([base, d], tmp_path / "compare").read_text())
 
 
 # -- command line ----------------------------------------------------------------------

@@ -53,13 +53,16 @@ def _print_show(path: Path, console: Console) -> None:
     table.add_column("width", justify="right")
     table.add_column("status")
     if "train_loss_mean" in s:
-        table.add_column("train loss (last 10 steps)", justify="right")
+        table.add_column("train loss", justify="right", no_wrap=True)
     if "test_loss_mean" in s:
-        table.add_column("test loss (final)", justify="right")
+        table.add_column("test loss", justify="right", no_wrap=True)
     if "test_error_mean" in s:
         table.add_column("test error", justify="right")
     table.add_column("diverged", justify="right")
     table.add_column("wall time", justify="right")
+    table.caption = (
+        "train loss: each seed's last 10 logged steps; test loss: final; mean ± std over seeds"
+    )
     for i, w in enumerate(s.width.values):
         row = [str(int(w)), str(s.status.values[i])]
         if "train_loss_mean" in s:

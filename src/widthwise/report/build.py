@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
+from matplotlib.figure import Figure
 
 from widthwise import __version__
 from widthwise.errors import StoreError, UserError
@@ -87,6 +88,26 @@ def _coord_check(ds: xr.Dataset, study_dir: Path, mode: bool | None):
     return cc, ""
 
 
+def save_png(figure: Figure) -> bytes:
+    """The figure as PNG. Log axes with nothing positive to show (e.g. every member
+    diverged) fall back to linear, so such a panel renders empty instead of failing
+    the whole report."""
+    buf = io.BytesIO()
+    try:
+        figure.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+    except ValueError as err:
+        if "log-scaled" not in str(err):
+            raise
+        for ax in figure.axes:
+            if ax.get_yscale() == "log":
+                ax.set_yscale("linear")
+            if ax.get_xscale() == "log":
+                ax.set_xscale("linear")
+        buf = io.BytesIO()
+        figure.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+    return buf.getvalue()
+
+
 def render_figures(sections: Sequence[Section], out: Path) -> dict[str, tuple[bytes, int]]:
     """Write every panel as PNG and SVG under out/figures; return the PNGs for embedding."""
     figdir = out / "figures"
@@ -94,9 +115,7 @@ def render_figures(sections: Sequence[Section], out: Path) -> dict[str, tuple[by
     images = {}
     for sec in sections:
         for panel in sec.panels:
-            buf = io.BytesIO()
-            panel.figure.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
-            png = buf.getvalue()
+            png = save_png(panel.figure)
             (figdir / f"{panel.name}.png").write_bytes(png)
             # the layout is fixed by now: freezing it halves the cost of the second save
             panel.figure.set_layout_engine("none")
