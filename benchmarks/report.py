@@ -7,7 +7,7 @@ In one process: train the bundled ``quickstart`` study (muP MLP, widths 64-1024,
 4 seeds, 400 steps) into a fresh temporary directory and time it (wall clock, the
 whole ``widthwise.run``), then build its report with ``build_report`` exactly as
 ``widthwise report DIR`` does (default options: every section the study has data
-for, the coordinate check when it is cheap; PNG + SVG of every figure, CSV, HTML)
+for, no coordinate check (off by default); PNG + SVG of every figure, CSV, HTML)
 and time that. Both are measured in the same run on the same machine, so load from
 other processes affects both; the ratio report / study is printed with the machine
 (CPU model, core count) and the date, as a Markdown row for RESULTS_report.md.

@@ -273,3 +273,18 @@ def test_preconditioned_sharpness_in_an_adam_study(tmp_path):
     assert (
         np.isfinite(pre.sel(sharpness_step=[2, 4])).all() and (pre.sel(sharpness_step=4) > 0).all()
     )
+
+
+def test_lr_weighted_only_skips_the_plain_operator():
+    ens, params = small_ensemble()
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(16, 4, generator=gen, dtype=torch.float64)
+    y = torch.randn(16, 2, generator=gen, dtype=torch.float64)
+    both = sharpness_probe(context(ens, params, x, y), SharpnessOptions(iters=200, tol=1e-8))
+    only = sharpness_probe(
+        context(ens, params, x, y), SharpnessOptions(iters=200, tol=1e-8, plain=False)
+    )
+    assert "sharpness" not in only and "sharpness_iters" not in only
+    np.testing.assert_allclose(only["sharpness_lr"][1], both["sharpness_lr"][1], rtol=1e-6)
+    with pytest.raises(ValueError, match="nothing to do"):
+        SharpnessOptions(plain=False, lr_weighted=False)

@@ -174,10 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
         dest="coord_check",
         action="store_const",
         const=True,
-        help="always run the coordinate check (default: when it is cheap)",
+        help="also run the coordinate check (3 steps of every width; default: off)",
     )
     cc.add_argument("--no-coord-check", dest="coord_check", action="store_const", const=False)
-    rp.set_defaults(fn=_cmd_report, coord_check=None)
+    rp.set_defaults(fn=_cmd_report, coord_check=False)
     cm = sub.add_parser("compare", help="overlay studies that differ in one setting")
     cm.add_argument("dirs", nargs="+", metavar="DIR", help="two or more study directories")
     cm.add_argument("--out", required=True, help="report directory")

@@ -1,4 +1,4 @@
-"""All seeds of one width as one stacked computation (torch.func).
+"""All seeds of one width as one stacked computation.
 
 Parameters are stored stacked: every tensor has a leading ``seed`` dim of size E.
 Members never interact: the forward pass maps member e's weights to member e's
@@ -7,23 +7,34 @@ act elementwise, so each slice evolves exactly as an independent model would.
 
 Two forward strategies compute the same function:
 
-``vmap``  one ``torch.func.vmap`` over the seed dim (batched matmuls); wins when the
-          per-member work is small (narrow networks, many seeds, GPUs).
-``loop``  a Python loop over members with plain matmuls on unbound slices; wins
-          on CPUs for wide layers, where batched matmul is slower than matmul.
+``vmap``  batched over the seed dim. For the MLP (:data:`STACKED_FAMILIES`) the
+          family's own ``apply`` runs on the stacked weights, each ``F.linear``
+          becoming one matmul for all members (the first layer, whose input all
+          members share, one plain ``mm``; later layers one ``bmm``); for other
+          families one ``torch.func.vmap`` over the seed dim.
+``loop``  a Python loop over members with plain matmuls on unbound slices.
 
-``auto`` picks by a rule measured in ``benchmarks/ensemble.py`` (see
-:func:`choose_strategy`), never by timing at run time, so a resumed run always
-uses the strategy it started with and reproduces its numbers bit for bit.
+``auto`` picks by a fixed rule measured with ``benchmarks/ensemble.py`` (see
+:func:`choose_strategy` and benchmarks/RESULTS.md), never by timing at run time,
+so a resumed run always uses the strategy it started with and reproduces its
+numbers bit for bit.
+
+On a CPU, building an ensemble also asks glibc to keep freed memory for reuse
+(:func:`keep_freed_memory`): otherwise every step page-faults its stacked
+gradients in anew, which costs the ensemble what E small models never pay.
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
+import sys
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from widthwise.families.base import Network
@@ -32,18 +43,117 @@ from widthwise.parameterization import ParamRule
 
 Strategy = Literal["vmap", "loop"]
 
-# Widest layer at which the batched (vmap) forward still beats per-member matmuls on
-# a CPU; measured with benchmarks/ensemble.py (see benchmarks/RESULTS.md).
-CPU_VMAP_MAX_WIDTH = 512
+# Families whose ``apply`` uses its weights only through ``F.linear`` on (batch,
+# features) inputs: they run batched on the stacked weights directly (``vmap``
+# strategy without torch.func; see _Stacked).
+STACKED_FAMILIES = frozenset({"mlp"})
 
 
-def choose_strategy(requested: str, width: int, device: torch.device) -> Strategy:
-    """The forward strategy for ``requested`` in {auto, vmap, loop}."""
+def choose_strategy(
+    requested: str, width: int, device: torch.device, family: str | None = None
+) -> Strategy:
+    """The forward strategy for ``requested`` in {auto, vmap, loop}.
+
+    ``auto``: ``vmap`` off the CPU and for stacked families (batched matmuls on the
+    stacked weights are never slower than the loop there: benchmarks/RESULTS.md);
+    ``loop`` for every other family on a CPU, where torch.func.vmap's batched
+    convolutions and attention lost to the per-member loop in 22 of 24 measured
+    settings (benchmarks/RESULTS.md, families). A pure function of its arguments,
+    so a run and its resumption agree. ``width`` is kept for rules that need it.
+    """
     if requested in ("vmap", "loop"):
         return requested  # type: ignore[return-value]
-    if device.type != "cpu":
+    if device.type != "cpu" or family in STACKED_FAMILIES:
         return "vmap"
-    return "vmap" if width <= CPU_VMAP_MAX_WIDTH else "loop"
+    return "loop"
+
+
+class _Stacked:
+    """A stacked (seed, ...) parameter as a family's ``apply`` sees it.
+
+    Not a tensor: only ``F.linear`` accepts it (through ``__torch_function__``), as
+    weight or bias, and runs the layer for all members at once; anything else
+    raises. ``mult`` is the tensor's forward multiplier, folded into the matmul
+    instead of scaling the weight.
+    """
+
+    __slots__ = ("tensor", "mult")
+
+    def __init__(self, tensor: Tensor, mult: float) -> None:
+        self.tensor = tensor
+        self.mult = mult
+
+    @classmethod
+    def __torch_function__(cls, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if func is F.linear:
+            return _stacked_linear(*args, **(kwargs or {}))
+        raise TypeError(f"a stacked ensemble parameter can only be used by F.linear, not {func}")
+
+
+def _stacked_linear(x: Tensor, weight: _Stacked, bias: _Stacked | None = None) -> Tensor:
+    """F.linear for every member: x (batch, in) shared or (seed, batch, in); weight (seed, out, in).
+
+    Computed transposed, yᵀ = W xᵀ, so that weight gradients come out contiguous
+    (no copy when autograd accumulates them) and activations stay (seed, feature,
+    batch) buffers seen through transposed views. Returns (seed, batch, out).
+    """
+    w, mw = weight.tensor, weight.mult
+    e, o, i = w.shape
+    if x.dim() == 2:  # the input of all members: one (E·out, in) @ (in, batch) matmul
+        w2, xt = w.reshape(e * o, i), x.t()
+        if bias is None:
+            yt = torch.mm(w2, xt)
+        else:
+            b = bias.tensor.reshape(e * o, 1)
+            yt = torch.addmm(b, w2, xt, beta=bias.mult, alpha=mw)
+        yt = yt.view(e, o, -1)
+    else:
+        if x.dim() != 3 or x.shape[0] != e:
+            raise ValueError(
+                f"stacked F.linear: input {tuple(x.shape)} for weight {tuple(w.shape)}"
+            )
+        xt = x.transpose(1, 2)
+        if bias is None:
+            yt = torch.bmm(w, xt)
+        else:
+            yt = torch.baddbmm(bias.tensor.unsqueeze(2), w, xt, beta=bias.mult, alpha=mw)
+    if bias is None and mw != 1.0:
+        yt = yt * mw
+    return yt.transpose(1, 2)
+
+
+# glibc returns freed memory to the system eagerly: blocks above its mmap threshold
+# (at most 32 MiB) are unmapped on free, and the top of the heap is trimmed past
+# M_TRIM_THRESHOLD, so every training step page-faults its fresh activations and
+# gradients in anew: ~25 ms per 64 MiB stacked gradient (a fifth of a width-1024,
+# 16-seed step) and ~15% of a width-64 step on the 2-core CPU (benchmarks/RESULTS.md).
+_malloc_tuned: bool | None = None  # None: not tried yet
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc reuse freed large blocks instead of unmapping them (process-wide, once).
+
+    Sets ``M_MMAP_MAX = 0`` and ``M_TRIM_THRESHOLD = 2 GiB``: big tensors come from
+    the heap and freed ones are reused, at the price of the process keeping its peak
+    heap. Skipped off Linux/glibc or when the user tunes malloc (``MALLOC_*`` or
+    ``GLIBC_TUNABLES`` in the environment). Returns whether the settings are in effect.
+    """
+    global _malloc_tuned
+    if _malloc_tuned is None:
+        _malloc_tuned = False
+        if sys.platform.startswith("linux") and not any(
+            k.startswith("MALLOC_") or k == "GLIBC_TUNABLES" for k in os.environ
+        ):
+            try:
+                mallopt = ctypes.CDLL("libc.so.6").mallopt
+            except (OSError, AttributeError):
+                return False
+            mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+            m_trim_threshold, m_mmap_max = -1, -4
+            _malloc_tuned = bool(mallopt(m_mmap_max, 0)) and bool(
+                mallopt(m_trim_threshold, 2**31 - 1)
+            )
+    return _malloc_tuned
 
 
 def member_generator(seed: int, width: int) -> torch.Generator:
@@ -94,9 +204,11 @@ class Ensemble:
         self.loss = loss
         self.device = device
         self.dtype = dtype
-        self.strategy = choose_strategy(strategy, network.width, device)
+        self.strategy = choose_strategy(strategy, network.width, device, network.family)
         self.center = center
         self.params0: dict[str, Tensor] | None = None
+        if device.type == "cpu":
+            keep_freed_memory()
         self._vmapped = torch.func.vmap(self._apply_member, in_dims=(0, None, None))
 
     @property
@@ -127,6 +239,10 @@ class Ensemble:
 
     def _forward(self, params: dict[str, Tensor], x: Tensor, taps: bool):
         if self.strategy == "vmap":
+            # Under someone else's TorchFunctionMode (e.g. a probe intercepting F.linear)
+            # the family must see per-member tensors, as torch.func.vmap shows them.
+            if self.network.family in STACKED_FAMILIES and not torch._C._len_torch_function_stack():
+                return self._stacked(params, x, taps)
             return self._vmapped(params, x, taps)
         names = list(params)
         outs, recs = [], []
@@ -136,6 +252,11 @@ class Ensemble:
             recs.append(rec)
         stacked = {k: torch.stack([r[k] for r in recs]) for k in (recs[0] if recs else {})}
         return torch.stack(outs), stacked
+
+    def _stacked(self, params: dict[str, Tensor], x: Tensor, taps: bool):
+        wrapped = {k: _Stacked(w, self.rules[k].multiplier) for k, w in params.items()}
+        out, rec = self.network.apply(wrapped, x, taps)  # type: ignore[arg-type]
+        return out, {k: v.contiguous() for k, v in rec.items()}
 
     def forward(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
         """Logits (seed, batch, output); centered on the initial network under ``center``."""

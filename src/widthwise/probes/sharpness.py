@@ -393,9 +393,16 @@ class SharpnessOptions(Schedule):
     iters: int = Field(100, ge=1, description="maximum iterations (power: k HVPs each)")
     tol: float = Field(1e-3, gt=0, description="stop at residual ≤ tol·|eigenvalue|")
     batch_points: int = Field(256, ge=1, description="first points of the probe set used")
+    plain: bool = Field(True, description="eig(H) itself (false: only the operators below)")
     lr_weighted: bool = Field(True, description="also eig(Λ^½ H Λ^½), Λ = lr scales")
     preconditioned: bool = Field(False, description="also Adam's eig(P⁻¹H), if Adam")
     seed: int = Field(0, ge=0, description="seed of the random start vectors")
+
+    @model_validator(mode="after")
+    def _some_operator(self) -> SharpnessOptions:
+        if not (self.plain or self.lr_weighted or self.preconditioned):
+            raise ValueError("plain, lr_weighted and preconditioned are all false: nothing to do")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -433,7 +440,7 @@ def sharpness_probe(ctx: ProbeContext, options: SharpnessOptions) -> ProbeResult
     x, y = ctx.probe_x[:n], ctx.probe_y[:n]
     lr_scales = {name: ctx.ensemble.rules[name].lr_scale for name in ctx.params}
     precond = adam_preconditioner(ctx.optimizer, ctx.params) if options.preconditioned else None
-    ops: dict[str, str] = {"sharpness": "plain"}
+    ops: dict[str, str] = {"sharpness": "plain"} if options.plain else {}
     if options.lr_weighted:
         ops["sharpness_lr"] = "lr"
     if precond is not None:
@@ -455,9 +462,11 @@ def sharpness_probe(ctx: ProbeContext, options: SharpnessOptions) -> ProbeResult
         scale = None
         if kind == "lr":
             if all(s == 1.0 for s in lr_scales.values()):
-                results[var] = results["sharpness"]
-                continue
-            scale = flat.per_tensor({k_: math.sqrt(s) for k_, s in lr_scales.items()}, like)
+                if "sharpness" in results:  # Λ = I: the plain operator again
+                    results[var] = results["sharpness"]
+                    continue
+            else:
+                scale = flat.per_tensor({k_: math.sqrt(s) for k_, s in lr_scales.items()}, like)
         elif kind == "precond":
             assert precond is not None
             scale = flat.flatten(precond).to(like).rsqrt()

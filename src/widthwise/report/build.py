@@ -174,15 +174,15 @@ def build_report(
     study_dir: str | Path,
     out_dir: str | Path | None = None,
     *,
-    coord_check: bool | None = None,
+    coord_check: bool | None = False,
     tol: float = TOL,
 ) -> Path:
     """Write the report of the study in ``study_dir`` and return the path of report.html.
 
     ``out_dir`` defaults to ``study_dir/report``. Sections appear only for what the
     study recorded. ``coord_check``: True runs the coordinate check on the study's spec
-    (3 steps), False skips it, None (default) runs it when that costs
-    about 3 s or less (estimated from the study's wall time). ``tol``: relative tolerance
+    (3 steps), False (default) skips it with a note naming the command, None runs it
+    when that costs about 3 s or less (estimated from the study's wall time). ``tol``: relative tolerance
     of the consistency verdicts (default 0.05).
     Raises :class:`~widthwise.errors.StoreError` for a directory that is not a study.
     """
