@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+import widthwise.ensemble
 from widthwise.ensemble import STACKED_FAMILIES, init_member, keep_freed_memory
 from widthwise.spec import validate_spec
 from widthwise.streams import STREAMS
@@ -328,8 +329,8 @@ def loadavg() -> str:
         return "n/a"
 
 
-def table(rows: list[Row], peak: float, full: bool) -> list[str]:
-    extra = [k for k in rows[0].ms if k not in ("ensemble", "loop")] if full else []
+def table(rows: list[Row], peak: float) -> list[str]:
+    extra = list(dict.fromkeys(k for r in rows for k in r.ms if k not in ("ensemble", "loop")))
     head = [
         "width",
         "E",
@@ -358,7 +359,7 @@ def table(rows: list[Row], peak: float, full: bool) -> list[str]:
             f"{r.gflops():.1f}",
             f"{r.gflops() / peak:.2f}",
             f"{r.gflops('loop') / peak:.2f}",
-            *[f"{r.speedup(k):.2f}×" for k in extra],
+            *[f"{r.speedup(k):.2f}×" if k in r.ms else "–" for k in extra],
             f"{r.agree:.0e}",
             "n/a" if r.others is None else f"{r.others:.0%}",
         ]
@@ -376,6 +377,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, help="seconds per configuration (2 quick, 20 full)")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     ap.add_argument(
+        "--no-malloc-tuning",
+        action="store_true",
+        help="keep glibc's default malloc settings (ablation of keep_freed_memory)",
+    )
+    ap.add_argument(
         "--wait-quiet",
         type=float,
         default=0.0,
@@ -390,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     full = not args.quick
     budget = args.budget or (20.0 if full else 2.0)
     block = 0.02 if args.quick else 0.03
+    if args.no_malloc_tuning:
+        widthwise.ensemble._malloc_tuned = False  # as if it had been tried and failed
     tuned = keep_freed_memory()  # what every CPU Ensemble does; the loop shares the process
 
     print(f"widthwise ensemble benchmark, {datetime.datetime.now().isoformat(timespec='seconds')}")
@@ -437,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     peak.sample(10)
     print(f"\nfp32 matmul peak (best 2048² torch.mm): {peak.best:.1f} GFLOP/s")
     print(f"total {time.perf_counter() - t_start:.0f} s, load average now {loadavg()}\n")
-    print("\n".join(table(rows, peak.best, full)))
+    print("\n".join(table(rows, peak.best)))
     print(f"\ntargets (a row counts only if other processes took < {BUSY:.0%} of the CPU):")
     verdicts = []
     for r in rows:

@@ -124,9 +124,10 @@ def _stacked_linear(x: Tensor, weight: _Stacked, bias: _Stacked | None = None) -
 
 # glibc returns freed memory to the system eagerly: blocks above its mmap threshold
 # (at most 32 MiB) are unmapped on free, and the top of the heap is trimmed past
-# M_TRIM_THRESHOLD, so every training step page-faults its fresh activations and
-# gradients in anew: ~25 ms per 64 MiB stacked gradient (a fifth of a width-1024,
-# 16-seed step) and ~15% of a width-64 step on the 2-core CPU (benchmarks/RESULTS.md).
+# M_TRIM_THRESHOLD, so every training step page-faults its fresh stacked gradients
+# in anew: ~25 ms per 64 MiB gradient, which made a width-1024, 16-seed step 1.2×
+# slower on the 2-core CPU (benchmarks/RESULTS.md); E separate models of 4 MiB
+# tensors never pay this.
 _malloc_tuned: bool | None = None  # None: not tried yet
 
 
