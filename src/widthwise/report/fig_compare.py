@@ -21,6 +21,18 @@ from widthwise.report.style import (
 )
 
 
+def _all_widths(panels: dict[str, dict[str, xr.DataArray]]) -> list[int]:
+    """Every width any study in any panel has, sorted (one shared colour scale)."""
+    return sorted(
+        {
+            w
+            for studies in panels.values()
+            for da in studies.values()
+            for w in da.width.values.tolist()
+        }
+    )
+
+
 def _study_legend(ax, labels: list[str], *, markers: bool = False) -> None:
     handles = [
         Line2D(
@@ -48,14 +60,7 @@ def overlay_curves(
     """One panel per quantity; in each, every study's curves (width, seed, x) coloured by
     width with one linestyle per study. ``panels[title][study] = DataArray``."""
     fig, axes = new_figure(1, len(panels))
-    widths = sorted(
-        {
-            w
-            for studies in panels.values()
-            for da in studies.values()
-            for w in da.width.values.tolist()
-        }
-    )
+    widths = _all_widths(panels)
     colors = width_colors(widths)
     for ax, (title, studies) in zip(axes[0], panels.items()):
         for i, da in enumerate(studies.values()):
@@ -83,14 +88,7 @@ def overlay_vs_width(panels: dict[str, dict[str, xr.DataArray]], *, ylabel: str)
     ``panels[title][study]`` is a DataArray (width, seed). Points are coloured by width.
     """
     fig, axes = new_figure(1, len(panels))
-    widths = sorted(
-        {
-            w
-            for studies in panels.values()
-            for da in studies.values()
-            for w in da.width.values.tolist()
-        }
-    )
+    widths = _all_widths(panels)
     colors = width_colors(widths)
     for ax, (title, studies) in zip(axes[0], panels.items()):
         for i, da in enumerate(studies.values()):
