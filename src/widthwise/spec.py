@@ -18,13 +18,19 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from widthwise.errors import SpecError, UserError
+from widthwise.executors import EXECUTORS
 from widthwise.families import FAMILIES
 from widthwise.parameterization import PARAMETERIZATIONS
 from widthwise.probes import PROBES
 from widthwise.schedule import LRSchedule, Schedule
 from widthwise.streams import STREAMS
+from widthwise.trackers import TRACKERS
 
 EXAMPLES_DIR = Path(__file__).parent / "examples"
+
+
+NOT_HASHED = {"out", "device", "description", "executor", "trackers"}
+"""Spec keys that do not change a study's numbers (a study may resume with others)."""
 
 
 class _Strict(BaseModel):
@@ -70,6 +76,13 @@ class DataSpec(_Strict):
     probe_points: int = Field(256, gt=0, description="size of the fixed test (probe) set")
 
 
+class ExecutorSpec(_Strict):
+    name: str = Field("local", description="local, processes, ray or slurm (registry EXECUTORS)")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="executor options (see the executor's table below)"
+    )
+
+
 class StudySpec(_Strict):
     """A width-consistency study. See docs/spec.md for every key."""
 
@@ -108,11 +121,29 @@ class StudySpec(_Strict):
     ensemble: Literal["auto", "vmap", "loop"] = Field(
         "auto", description="forward strategy over seeds (docs/index.md)"
     )
+    mixed_precision: Literal["none", "bf16"] = Field(
+        "none", description="bf16: autocast the training forward pass; probes stay in dtype"
+    )
+    deterministic: bool = Field(
+        False, description="deterministic kernels only (torch.use_deterministic_algorithms)"
+    )
+    executor: ExecutorSpec = Field(
+        default_factory=ExecutorSpec, description="where width runs execute: a name or a mapping"
+    )
+    trackers: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="tracker name -> options: wandb, mlflow, tensorboard (docs/trackers.md)",
+    )
     out: str | None = Field(None, description="study directory (default runs/<name>)")
 
     @field_validator("parameterization", mode="before")
     @classmethod
     def _short_parameterization(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    @field_validator("executor", mode="before")
+    @classmethod
+    def _short_executor(cls, v: Any) -> Any:
         return {"name": v} if isinstance(v, str) else v
 
     @field_validator("widths")
@@ -156,8 +187,9 @@ class StudySpec(_Strict):
         return Path(self.out) if self.out else Path("runs") / self.name
 
     def hash(self) -> str:
-        """Hash of everything that determines the numbers (not ``out``/``device``/``description``)."""
-        payload = self.model_dump(mode="json", exclude={"out", "device", "description"})
+        """Hash of everything that determines the numbers: not where or how the runs execute
+        (``out``, ``device``, ``executor``), not ``description`` or ``trackers``."""
+        payload = self.model_dump(mode="json", exclude=NOT_HASHED)
         blob = json.dumps(payload, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -218,6 +250,12 @@ def _registry_problems(spec: StudySpec) -> list[str]:
 
     check("model.family", FAMILIES, spec.model.family, spec.model.options, "model.options")
     stream_opts = check("data.stream", STREAMS, spec.data.stream, spec.data.options, "data.options")
+    check("executor.name", EXECUTORS, spec.executor.name, spec.executor.options, "executor.options")
+    for name, opts in spec.trackers.items():
+        if not isinstance(opts, dict):
+            problems.append(f"trackers.{name}: expected a mapping of options, got {_short(opts)}")
+            continue
+        check(f"trackers.{name}", TRACKERS, name, opts, f"trackers.{name}")
     p = spec.parameterization
     if p.name not in PARAMETERIZATIONS:
         problems.append(

@@ -70,8 +70,17 @@ def spec_reference() -> str:
     from widthwise.parameterization import PARAMETERIZATIONS
     from widthwise.probes import PROBES
     from widthwise.schedule import LRSchedule
-    from widthwise.spec import DataSpec, ModelSpec, OptimizerSpec, ParameterizationSpec, StudySpec
+    from widthwise.executors import EXECUTORS
+    from widthwise.spec import (
+        DataSpec,
+        ExecutorSpec,
+        ModelSpec,
+        OptimizerSpec,
+        ParameterizationSpec,
+        StudySpec,
+    )
     from widthwise.streams import STREAMS
+    from widthwise.trackers import TRACKERS
 
     sections = [
         "## Top level\n\n" + model_table(StudySpec),
@@ -83,9 +92,12 @@ def spec_reference() -> str:
         "## `optimizer`\n\n" + model_table(OptimizerSpec, "optimizer."),
         "## `schedule`\n\n" + model_table(LRSchedule, "schedule."),
         "## `data`\n\n" + model_table(DataSpec, "data."),
+        "## `executor`\n\n" + model_table(ExecutorSpec, "executor."),
         registry_section("Families (`model.family`)", FAMILIES, "model.options"),
         registry_section("Streams (`data.stream`)", STREAMS, "data.options"),
         registry_section("Probes (`probes.<name>`)", PROBES, "probes.<name>"),
+        registry_section("Executors (`executor.name`)", EXECUTORS, "executor.options"),
+        registry_section("Trackers (`trackers.<name>`)", TRACKERS, "trackers.<name>"),
     ]
     return "\n\n".join(sections) + "\n"
 
