@@ -34,7 +34,9 @@ NOT_HASHED = {"out", "device", "description", "executor", "trackers"}
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: no silent coercion (``steps: true`` is not 1, ``lr: "0.1"`` is not 0.1);
+    # ints are still accepted where a float is expected
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ModelSpec(_Strict):
@@ -59,7 +61,7 @@ class OptimizerSpec(_Strict):
     momentum: float = Field(0.0, ge=0, lt=1, description="sgd momentum")
     nesterov: bool = Field(False, description="sgd: Nesterov momentum (needs momentum > 0)")
     weight_decay: float = Field(0.0, ge=0, description="L2 (sgd, adam) or decoupled (adamw)")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="adam/adamw betas")
+    betas: tuple[float, float] = Field((0.9, 0.999), strict=False, description="adam/adamw betas")
     eps: float = Field(1e-8, gt=0, description="adam/adamw epsilon")
 
     @property
