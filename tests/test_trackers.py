@@ -479,3 +479,12 @@ def test_mlflow_file_store_needs_no_environment_variable(study, tmp_path, monkey
     client = MlflowClient(tracking_uri=(copy / "store").as_uri())
     runs = client.search_runs([client.get_experiment_by_name("exp").experiment_id])
     assert sorted(r.info.run_name for r in runs) == ["tiny", "tiny w=16", "tiny w=32"]
+
+
+@pytest.mark.parametrize(("tracker", "key"), [("tensorboard", "logdir"), ("wandb", "dir")])
+def test_relative_tracker_path_cannot_leave_the_study(tracker: str, key: str) -> None:
+    raw = tiny_spec_dict(trackers={tracker: {key: "../../elsewhere"}})
+    with pytest.raises(SpecError, match=rf"trackers\.{tracker}: {key}: a relative path stays"):
+        validate_spec(raw)
+    absolute = tiny_spec_dict(trackers={tracker: {key: "/tmp/elsewhere"}})
+    assert validate_spec(absolute).trackers[tracker][key] == "/tmp/elsewhere"

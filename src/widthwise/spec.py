@@ -302,6 +302,11 @@ def _registry_problems(spec: StudySpec) -> list[str]:
                 f"loss: stream {spec.data.stream!r} has real-valued targets; "
                 "cross_entropy needs a classification stream (allowed: mse)"
             )
+    if spec.mixed_precision == "bf16" and spec.dtype != "float32":
+        problems.append(
+            f"mixed_precision: 'bf16' autocasts float32 parameters, but dtype is {spec.dtype!r} "
+            "(allowed: dtype float32, or mixed_precision none)"
+        )
     if spec.optimizer.nesterov and spec.optimizer.momentum == 0:
         problems.append("optimizer.nesterov: needs momentum > 0 (got momentum 0)")
     if spec.schedule.name == "warmup_cosine" and spec.schedule.warmup_steps >= spec.steps:

@@ -47,6 +47,8 @@ class TrackerOptions(BaseModel):
     """Top-level module the tracker needs (checked with ``importlib.util.find_spec``)."""
     extra: ClassVar[str] = ""
     """pyproject extra that installs it."""
+    path_fields: ClassVar[tuple[str, ...]] = ()
+    """Options holding a path: relative ones are taken inside the study directory."""
 
     @model_validator(mode="before")
     @classmethod
@@ -54,6 +56,17 @@ class TrackerOptions(BaseModel):
         if cls.package and not _installed(cls.package):
             raise UserError(f"needs the {cls.extra} extra: pip install 'widthwise[{cls.extra}]'")
         return data
+
+    @model_validator(mode="after")
+    def _paths_stay_inside(self) -> TrackerOptions:
+        for name in self.path_fields:
+            value = getattr(self, name)
+            if value and not Path(value).expanduser().is_absolute() and ".." in Path(value).parts:
+                raise UserError(
+                    f"{name}: a relative path stays inside the study directory, got {value!r} "
+                    "(give an absolute path to write elsewhere)"
+                )
+        return self
 
 
 @dataclass

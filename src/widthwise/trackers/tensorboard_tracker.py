@@ -28,6 +28,7 @@ EVENTS_PREFIX = "events.out.tfevents."
 class TensorboardOptions(TrackerOptions):
     package = "tensorboard"
     extra = "tensorboard"
+    path_fields = ("logdir",)
 
     logdir: str | None = Field(
         None,

@@ -34,6 +34,7 @@ BLOCK = 32768  # the .wandb transaction log: leveldb-log blocks after a 7-byte h
 class WandbOptions(TrackerOptions):
     package = "wandb"
     extra = "wandb"
+    path_fields = ("dir",)
 
     project: str | None = Field(None, description="W&B project (default: the study name)")
     entity: str | None = Field(None, description="W&B entity (user or team; default: yours)")
