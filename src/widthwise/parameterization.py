@@ -7,7 +7,7 @@ Every trainable tensor of a family carries a :class:`Role`. A parameterization m
 optimizer sees ``w`` with learning rate ``lr_scale · lr`` and weight decay
 ``wd_scale · weight_decay``. Rules are plain numbers, saved in every checkpoint.
 
-The four built-in rules (DESIGN.md, paper Appendix C and D):
+The four built-in rules (docs/parameterizations.md, paper Appendix C and D):
 
 ``sp``  multiplier 1, std σ/√fan_in, lr and wd scale 1.
 
@@ -51,7 +51,7 @@ from widthwise.registry import Registry
 
 
 class Role(str, Enum):
-    """What a parameter does with respect to width (DESIGN.md, "Roles")."""
+    """What a parameter does with respect to width (docs/parameterizations.md)."""
 
     INPUT = "input"  # fixed fan-in -> width
     HIDDEN = "hidden"  # width -> width
@@ -91,6 +91,7 @@ class ParamRule:
     wd_scale: float = 1.0
 
     def as_dict(self) -> dict[str, float]:
+        """The rule as plain numbers (stored in checkpoints and shown in docs)."""
         return {
             "multiplier": self.multiplier,
             "init_std": self.init_std,

@@ -64,9 +64,11 @@ class Registry(Generic[T]):
             ) from None
 
     def get(self, name: str) -> T:
+        """The object registered as ``name``; unknown names raise a UserError listing the known ones."""
         return self.entry(name).obj
 
     def names(self) -> list[str]:
+        """Every registered name, sorted."""
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:

@@ -54,6 +54,7 @@ class Schedule(BaseModel):
         return sorted(s for s in out if 0 <= s <= last)
 
     def max_explicit_step(self) -> int:
+        """The largest step listed in ``steps`` (0 when none are listed)."""
         return max(self.steps) if self.steps else 0
 
 

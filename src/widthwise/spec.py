@@ -121,7 +121,7 @@ class StudySpec(_Strict):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     dtype: Literal["float32", "float64"] = Field("float32", description="parameter dtype")
     ensemble: Literal["auto", "vmap", "loop"] = Field(
-        "auto", description="forward strategy over seeds (docs/index.md)"
+        "auto", description="forward strategy over seeds (docs/concepts.md)"
     )
     mixed_precision: Literal["none", "bf16"] = Field(
         "none", description="bf16: autocast the training forward pass; probes stay in dtype"
@@ -183,9 +183,11 @@ class StudySpec(_Strict):
 
     @property
     def seed_list(self) -> list[int]:
+        """The seed ids of the ensemble, in order (``seeds: 4`` → [0, 1, 2, 3])."""
         return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
 
     def out_dir(self) -> Path:
+        """The study directory: ``out``, or ``runs/<name>``."""
         return Path(self.out) if self.out else Path("runs") / self.name
 
     def hash(self) -> str:
@@ -196,12 +198,15 @@ class StudySpec(_Strict):
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def family_options(self) -> BaseModel | None:
+        """``model.options`` validated by the family's options model."""
         return FAMILIES.validate_options(self.model.family, self.model.options)
 
     def stream_options(self) -> BaseModel | None:
+        """``data.options`` validated by the stream's options model."""
         return STREAMS.validate_options(self.data.stream, self.data.options)
 
     def probe_options(self) -> dict[str, Schedule]:
+        """Each probe's options validated by its model: {probe name: options (a Schedule)}."""
         return {n: PROBES.validate_options(n, o) for n, o in self.probes.items()}  # type: ignore[misc]
 
 

@@ -8,7 +8,7 @@ modes (a bias of narrower width).
 
 Loss convention (one output; ``y`` is the target vector on the M points):
 
-    L(t) = Σ_k (v_k·(y − f₀))² e^{−2ηλ_k t} / M                          (DESIGN.md)
+    L(t) = Σ_k (v_k·(y − f₀))² e^{−2ηλ_k t} / M                          (docs/analysis.md)
 
 is the **mean squared error without ½**, L = |f − y|²/M (widthwise's ``mse``), of the
 kernel gradient flow df/dt = −η K (f − y) started from f(0) = f₀ (default 0):

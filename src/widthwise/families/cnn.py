@@ -1,6 +1,6 @@
 """A plain convolutional net: ``depth`` 3×3 convolutions of ``width`` channels, global pool, readout.
 
-Width is the number of channels of every conv layer (DESIGN.md, "Width"). The
+Width is the number of channels of every conv layer (docs/concepts.md, "Widths"). The
 network is the CNN analogue of the depth-L MLP (paper Section 2, Fig. 2-5 style
 vision runs): x ↦ W_out · mean_hw φ(conv_L(... φ(conv_1 x) ...)) + b_out.
 """

@@ -8,8 +8,8 @@ each other's activations, and the forward pass is a pure function that
 ``torch.func.vmap`` maps over seeds.
 
 Width is the number of channels of the first stage (64 = the standard ResNet-18);
-the four stages have ``width, 2·width, 4·width, 8·width`` channels (DESIGN.md,
-"Width"). The stem is a 3×3 stride-1 convolution without max-pool, as ResNets for
+the four stages have ``width, 2·width, 4·width, 8·width`` channels (docs/concepts.md,
+"Widths"). The stem is a 3×3 stride-1 convolution without max-pool, as ResNets for
 32×32 CIFAR images use, so a 32×32 input reaches stage 4 at 4×4.
 """
 

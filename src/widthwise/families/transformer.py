@@ -2,7 +2,7 @@
 
 Width is d_model: the residual stream has ``width`` coordinates, the feed-forward
 layers ``4·width``, and ``heads`` is fixed, so ``d_head = width / heads`` grows with
-width (DESIGN.md, "Width"; the muP transformer of Yang et al. 2022 that the paper
+width (docs/concepts.md, "Widths"; the muP transformer of Yang et al. 2022 that the paper
 trains on Wikitext-103). Inputs are token ids ``(B, T)``; outputs are logits over the
 vocabulary at every position ``(B, T, vocab)`` with ``vocab = out_dim``:
 

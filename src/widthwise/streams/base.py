@@ -41,9 +41,12 @@ class Stream(ABC):
         """Draw ``n`` examples from ``rng``."""
 
     def batch(self, step: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """The training batch of ``step``: ``x (size, *in_shape)``, ``y``; a function of
+        (stream seed, step) only."""
         return self.sample(rng_for(self.seed, step), size)
 
     def probe_set(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The fixed held-out probe (test) set of ``n`` examples, never trained on."""
         return self.sample(rng_for(self.seed, PROBE_SET_KEY), n)
 
     def describe(self) -> dict[str, object]:
