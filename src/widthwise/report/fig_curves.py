@@ -261,6 +261,9 @@ def successive_differences(diffs: dict[str, xr.DataArray], *, tol: float | None 
     for ax, (title, da) in zip(axes[0], diffs.items()):
         xdim = next(d for d in da.dims if d != "width" and d.endswith("step"))
         layer_dims = [d for d in da.dims if d not in ("width", xdim)]
+        # a sparse schedule (e.g. kernels at init and the end: one point on a log axis)
+        # draws no line, so mark every point
+        marker = "o" if int((da[xdim].values > 0).sum()) <= 3 else None
         if layer_dims:
             ld = layer_dims[0]
             for i in range(da.sizes[ld]):
@@ -272,10 +275,11 @@ def successive_differences(diffs: dict[str, xr.DataArray], *, tol: float | None 
                     logx=True,
                     logy=True,
                     ls=LINESTYLES[i % len(LINESTYLES)],
+                    marker=marker,
                 )
             _layer_legend(ax, da, ld)
         else:
-            width_lines(ax, da, xdim, colors, logx=True, logy=True)
+            width_lines(ax, da, xdim, colors, logx=True, logy=True, marker=marker)
         unit = "relative" if da.attrs.get("relative") else da.attrs.get("units", "")
         if tol is not None:
             ax.axhline(tol, color="crimson", ls="--", lw=0.8, label=f"tolerance {tol:g}")
