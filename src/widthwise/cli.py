@@ -26,14 +26,35 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message}")
 
 
-def _cmd_run(args: argparse.Namespace, console: Console) -> int:
-    from widthwise.spec import load_spec
-    from widthwise.study import run
+def _spec_executor(spec: str) -> object:
+    """The ``executor`` value of a spec file as written (None if it cannot be read)."""
+    from widthwise.spec import resolve_spec_path
 
-    spec = load_spec(args.spec, out=args.out, device=args.device)
+    try:
+        raw = yaml.safe_load(resolve_spec_path(spec).read_text())
+    except (UserError, OSError, yaml.YAMLError, UnicodeDecodeError):
+        return None  # load_spec reports the problem
+    return raw.get("executor") if isinstance(raw, dict) else None
+
+
+def _cmd_run(args: argparse.Namespace, console: Console) -> int:
+    from widthwise.executors import executor_override
+    from widthwise.spec import load_spec
+    from widthwise.study import dry_run, run
+
+    overrides: dict[str, object] = {"out": args.out, "device": args.device}
+    if args.executor is not None or args.workers is not None or args.address is not None:
+        overrides["executor"] = executor_override(
+            _spec_executor(args.spec), args.executor, workers=args.workers, address=args.address
+        )
+    spec = load_spec(args.spec, **overrides)
+    if args.dry_run:
+        print(dry_run(spec))
+        return 0
     console.print(
         f"[bold]{spec.name}[/]: {spec.model.family} × {spec.parameterization.name}, "
         f"widths {spec.widths}, {len(spec.seed_list)} seeds, {spec.steps} steps → {spec.out_dir()}"
+        + (f" (executor {spec.executor.name})" if spec.executor.name != "local" else "")
     )
     out = run(spec, progress=not args.quiet, console=Console(stderr=True))
     print_show(out, console)
@@ -106,6 +127,13 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("expected a whole number >= 1, got 0")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="widthwise", description="Width-consistency studies of neural networks.")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
@@ -114,6 +142,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="study directory (default: runs/<name>)")
     r.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the spec's)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument(
+        "--executor", help="local, processes, ray or slurm (default: the spec's executor.name)"
+    )
+    r.add_argument(
+        "--workers",
+        type=_positive_int,
+        help="widths at once (processes: workers; ray: local CPUs; slurm: array parallelism)",
+    )
+    r.add_argument("--address", help="ray: join the cluster at this address (e.g. auto)")
+    r.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what would run (slurm: the job script) and write nothing",
+    )
     r.set_defaults(fn=_cmd_run)
     s = sub.add_parser("show", help="per-width table of a study directory")
     s.add_argument("dir")

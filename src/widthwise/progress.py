@@ -1,9 +1,19 @@
-"""A rich progress bar per width: step, loss (mean over live seeds), ETA."""
+"""A rich progress bar per width: step, loss (mean over live seeds), ETA.
+
+In-process runs (``local``) update their bar every few steps through an
+``on_step`` callback; runs in other processes or on other machines are followed
+coarsely from the store (the step of the last checkpoint in ``status.json`` and
+the last logged training loss). Widths finished before the run show full bars.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import math
+import os
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import (
@@ -17,14 +27,43 @@ from rich.progress import (
 
 from widthwise.trainer import ProgressFn
 
+WatchFn = Callable[[int, float, str], None]
+"""``watch(step, loss, state)``: coarse update of a width run elsewhere."""
+
+
+def last_train_loss(width_dir: str | os.PathLike[str], tail_bytes: int = 16384) -> float:
+    """Mean over live seeds of the last logged ``train_loss`` of a width (NaN if none).
+
+    Reads only the end of ``scalars.jsonl``, so polling it is cheap.
+    """
+    path = Path(width_dir) / "scalars.jsonl"
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - tail_bytes))
+            lines = f.read().split(b"\n")
+    except OSError:
+        return float("nan")
+    for raw in reversed(lines):
+        try:
+            rec = json.loads(raw)
+            values = [float(v) for v in rec["vars"]["train_loss"] if v is not None]
+        except (ValueError, KeyError, TypeError):
+            continue
+        live = [v for v in values if math.isfinite(v)]
+        return sum(live) / len(live) if live else float("nan")
+    return float("nan")
+
 
 class StudyProgress:
-    """Hands out one ``on_step(step, total, loss)`` callback per width."""
+    """Hands out one progress bar per width (no-ops when progress is off)."""
 
     def __init__(self, progress: Progress | None) -> None:
         self._progress = progress
 
     def for_width(self, width: int, total: int) -> ProgressFn | None:
+        """An ``on_step(step, total, loss)`` callback for a run in this process."""
         if self._progress is None:
             return None
         bar = self._progress
@@ -38,9 +77,29 @@ class StudyProgress:
 
         return on_step
 
+    def finished(self, width: int, total: int, loss: float = float("nan")) -> None:
+        """A full bar for a width that was already done."""
+        if self._progress is not None:
+            self._progress.add_task(
+                f"width {width:>5} (done)", total=total, completed=total, loss=loss
+            )
+
+    def watch(self, width: int, total: int) -> WatchFn | None:
+        """A ``watch(step, loss, state)`` callback for a run elsewhere."""
+        if self._progress is None:
+            return None
+        bar = self._progress
+        task = bar.add_task(f"width {width:>5} (queued)", total=total, loss=float("nan"))
+
+        def watch(step: int, loss: float, state: str) -> None:
+            bar.update(task, completed=step, loss=loss, description=f"width {width:>5} ({state})")
+
+        return watch
+
 
 @contextmanager
 def study_progress(enabled: bool, console: Console | None = None) -> Iterator[StudyProgress]:
+    """Progress bars on ``console`` (stderr by default) while the block runs."""
     if not enabled:
         yield StudyProgress(None)
         return
