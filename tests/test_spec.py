@@ -21,7 +21,9 @@ from hypothesis import strategies as st
 
 from widthwise.cli import main
 from widthwise.errors import SpecError
+from widthwise.executors import EXECUTORS
 from widthwise.spec import DataSpec, OptimizerSpec, ParameterizationSpec, StudySpec, load_spec
+from widthwise.trackers import TRACKERS
 
 
 def set_key(path: str, value: Any) -> Callable[[dict], dict]:
@@ -379,7 +381,26 @@ INVALID_VALUES: dict[str, st.SearchStrategy[Any]] = {
     ),
     "dtype": st.one_of(WORD.filter(lambda s: s not in ("float32", "float64")), st.none()),
     "loss": st.one_of(WORD.filter(lambda s: s != "mse"), st.just("cross_entropy"), st.integers()),
+    "mixed_precision": st.one_of(
+        WORD.filter(lambda s: s not in ("none", "bf16")), st.integers(), st.none(), st.booleans()
+    ),
+    "deterministic": st.one_of(
+        WORD.filter(lambda s: s.strip().lower() not in LAX_BOOL_WORDS),
+        st.integers().filter(lambda i: i not in (0, 1)),
+        st.floats().filter(lambda f: f not in (0.0, 1.0)),
+        st.none(),
+        st.lists(st.booleans(), min_size=1, max_size=2),
+    ),
+    "executor": st.one_of(
+        WORD.filter(lambda s: s not in EXECUTORS), st.integers(), st.lists(WORD, max_size=2)
+    ),
+    "executor.name": st.one_of(WORD.filter(lambda s: s not in EXECUTORS), st.integers(), st.none()),
+    "executor.options": st.one_of(WORD, st.integers(), st.lists(st.integers(), max_size=2)),
+    "trackers": st.one_of(WORD, st.integers(), st.lists(WORD, min_size=1, max_size=2), st.just([])),
 }
+
+# strings pydantic's lax mode reads as booleans (not errors for ``deterministic``)
+LAX_BOOL_WORDS = {"0", "1", "f", "n", "t", "y", "no", "off", "on", "yes", "true", "false"}
 
 # mapping path -> keys it knows (an unknown key there is an error)
 KNOWN_KEYS: dict[str, set[str]] = {
@@ -392,6 +413,8 @@ KNOWN_KEYS: dict[str, set[str]] = {
     "data.options": {"dim", "degree", "noise"},
     "probes": {"train_loss", "test"},
     "probes.test": {"every", "steps", "log_spaced", "at", "logits"},
+    "executor": {"name", "options"},
+    "trackers": set(TRACKERS.names()),
 }
 
 IDENT = st.from_regex(r"[a-z][a-z0-9_]{0,9}", fullmatch=True)

@@ -1,11 +1,20 @@
-"""Per-width summary of a study (the table ``widthwise show`` prints)."""
+"""Per-width summary of a study: final losses (the table ``widthwise show`` prints) and
+each width's run state (done, running, interrupted, failed, not started)."""
 
 from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
 
 FINAL_WINDOW = 10  # train loss: mean of each seed's last logged steps (minibatch noise)
+
+STATES = ("done", "running", "interrupted", "failed", "not started", "unknown")
+"""What :func:`width_states` reports for a width."""
 
 
 def width_summary(ds: xr.Dataset) -> xr.Dataset:
@@ -33,6 +42,96 @@ def width_summary(ds: xr.Dataset) -> xr.Dataset:
 
 
 def fmt_mean_std(mean: float, std: float) -> str:
+    """``0.123 ± 0.01``; ``—`` for a missing (NaN) mean."""
     if not np.isfinite(mean):
         return "—"
     return f"{mean:.3g} ± {std:.1g}" if np.isfinite(std) else f"{mean:.3g}"
+
+
+@dataclass
+class WidthState:
+    """Where one width's run stands.
+
+    ``state`` is one of :data:`STATES`: ``running`` when a live process holds the
+    width's writer lock (``holder``: its pid, host and start time); ``interrupted``
+    when the status says running but no live writer holds the lock (the process
+    was killed: ``widthwise run`` resumes it); ``failed`` with ``reason`` (the
+    status's ``error``); ``unknown`` when the directory exists without a readable
+    status. ``diverged`` maps seed id to the step at which that member diverged.
+    """
+
+    width: int
+    state: str
+    step: int | None = None
+    steps: int | None = None
+    reason: str = ""
+    holder: dict[str, Any] | None = None
+    diverged: dict[int, int] = field(default_factory=dict)
+    wall_time: float = float("nan")
+
+    def describe(self) -> str:
+        """One line for people: the state and what it means, e.g. ``failed: <reason>``."""
+        at = f" at step {self.step}/{self.steps}" if self.step is not None and self.steps else ""
+        if self.state == "running":
+            h = self.holder or {}
+            host = "" if h.get("host") in (None, socket.gethostname()) else f" on {h['host']}"
+            since = f" since {h['since']}" if h.get("since") else ""
+            return f"running{at} (pid {h.get('pid')}{host}{since})"
+        if self.state == "interrupted":
+            return f"interrupted{at}: no live writer; resume with `widthwise run`"
+        if self.state == "failed":
+            return f"failed{at}: {self.reason or 'no reason recorded'}"
+        if self.state == "unknown":
+            return "unknown: the directory has no readable status.json"
+        return self.state
+
+    def describe_diverged(self, n_seeds: int) -> str:
+        """``1/4 diverged: seed 2 at step 13``; empty when no member diverged."""
+        if not self.diverged:
+            return ""
+        at = ", ".join(f"seed {s} at step {t}" for s, t in sorted(self.diverged.items()))
+        return f"{len(self.diverged)}/{n_seeds} diverged: {at}"
+
+
+def width_states(path: str | Path) -> list[WidthState]:
+    """The state of every width of the study at ``path`` (the manifest's widths, in order).
+
+    Reads only ``status.json`` files and lock files, so it works on a study whose
+    arrays are torn or partial, and while another process writes it.
+    """
+    from widthwise.store.lock import lock_holder
+    from widthwise.store.open import status_values, study_layout
+    from widthwise.store.study_dir import StudyDir
+
+    study = StudyDir(Path(path))
+    _, widths, seeds = study_layout(study)
+    out = []
+    for width in widths:
+        wd = study.width_dir(width)
+        if not wd.path.is_dir():
+            out.append(WidthState(width, "not started"))
+            continue
+        status = wd.read_status()
+        state, wall, div = status_values(status, len(seeds))
+        holder = lock_holder(wd.path)
+        step, steps = status.get("step"), status.get("steps")
+        ws = WidthState(
+            width,
+            state,
+            step=step if type(step) is int else None,
+            steps=steps if type(steps) is int else None,
+            holder=holder,
+            diverged={s: t for s, t in zip(seeds, div) if t >= 0},
+            wall_time=wall,
+        )
+        if holder is not None:
+            ws.state = "running"
+        elif state == "running":
+            ws.state = "interrupted"
+        elif state == "failed":
+            error = status.get("error")
+            ws.reason = " ".join(str(error).split()) if error else ""
+        elif state not in STATES:
+            ws.state = "unknown"
+        out.append(ws)
+    return out

@@ -184,6 +184,7 @@ def build_report(
     (3 steps), False (default) skips it with a note naming the command, None runs it
     when that costs about 3 s or less (estimated from the study's wall time). ``tol``: relative tolerance
     of the consistency verdicts (default 0.05).
+    When the study's spec names trackers, the figures are mirrored to them.
     Raises :class:`~widthwise.errors.StoreError` for a directory that is not a study.
     """
     study_dir = Path(study_dir)
@@ -197,6 +198,11 @@ def build_report(
         f"widths {', '.join(str(int(w)) for w in ds.width.values)}, {ds.sizes['seed']} seeds, "
         f"{spec.get('steps', '?')} steps — {study_dir}"
     )
-    return write_report(
+    page = write_report(
         sections, out, title=f"widthwise report: {ds.attrs.get('name', '?')}", subtitle=subtitle
     )
+    if spec.get("trackers"):  # the spec's trackers get the figures (never raises)
+        from widthwise.trackers import mirror_figures
+
+        mirror_figures(study_dir, out)
+    return page

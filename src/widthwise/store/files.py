@@ -1,7 +1,13 @@
-"""Crash-safe file primitives: atomic replace and fsync'd line appends."""
+"""Crash-safe file primitives: atomic replace and fsync'd line appends.
+
+A failed write (disk full, read-only directory) raises ``OSError`` and leaves what was
+on disk before: the temporary file of an atomic write is removed, a torn line of the
+line log is skipped by :func:`read_lines`.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -38,16 +44,18 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        with contextlib.suppress(OSError):  # a read-only dir: nothing to remove
+            tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
+    """:func:`atomic_write_bytes` of ``obj`` as indented, key-sorted JSON."""
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def atomic_write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """:func:`atomic_write_bytes` of an uncompressed ``.npz`` of ``arrays``."""
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
@@ -80,9 +88,17 @@ class LineLog:
         self._last_sync = time.monotonic()
 
     def close(self) -> None:
-        if not self._f.closed:
+        """Sync and close; never raises (closing after a failed write, e.g. a full disk,
+        must not hide that write's error)."""
+        if self._f.closed:
+            return
+        try:
             self.sync()
-            self._f.close()
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                self._f.close()
 
 
 def read_lines(path: Path) -> tuple[list[dict[str, Any]], int]:

@@ -47,6 +47,7 @@ def package_versions() -> dict[str, str]:
 
 
 def width_dirname(width: int) -> str:
+    """``width_00064``: zero-padded so directory listings sort by width."""
     return f"width_{width:05d}"
 
 
@@ -65,24 +66,41 @@ class StudyDir:
         self.manifest_path = self.path / MANIFEST
 
     def width_dir(self, width: int) -> WidthDir:
+        """The directory of ``width`` (a positive int: the name stays inside the study)."""
+        if isinstance(width, bool) or not isinstance(width, int) or width <= 0:
+            raise StoreError(f"{self.manifest_path}: width {width!r} is not a positive integer")
         return WidthDir(self.path / width_dirname(width))
 
     def read_manifest(self) -> dict[str, Any]:
+        """``manifest.json``; a one-line :class:`StoreError` naming the path if it is not a study."""
+        if not self.path.exists():
+            raise StoreError(f"{self.path}: not a widthwise study (no such directory)")
+        if not self.path.is_dir():
+            raise StoreError(f"{self.path}: not a widthwise study (not a directory)")
         try:
             manifest = json.loads(self.manifest_path.read_text())
         except FileNotFoundError:
             raise StoreError(f"{self.path}: not a widthwise study (no {MANIFEST})") from None
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise StoreError(f"{self.manifest_path}: unreadable manifest ({err})") from None
+        except (OSError, ValueError) as err:  # ValueError: bad JSON, bad UTF-8
+            why = " ".join(str(err).split())[:120]
+            raise StoreError(
+                f"{self.manifest_path}: unreadable manifest ({type(err).__name__}: {why})"
+            ) from None
         if not isinstance(manifest, dict) or "spec_hash" not in manifest:
             raise StoreError(f"{self.manifest_path}: not a widthwise manifest")
         return manifest
 
     def read_spec_dict(self) -> dict[str, Any]:
+        """The stored ``spec.yaml`` (safe loader) as a mapping; one-line StoreError if not."""
+        path = self.path / "spec.yaml"
         try:
-            return yaml.safe_load((self.path / "spec.yaml").read_text())
-        except (OSError, yaml.YAMLError) as err:
-            raise StoreError(f"{self.path / 'spec.yaml'}: unreadable spec ({err})") from None
+            spec = yaml.safe_load(path.read_text())
+        except (OSError, ValueError, yaml.YAMLError) as err:
+            why = " ".join(str(err).split())[:120]
+            raise StoreError(f"{path}: unreadable spec ({type(err).__name__}: {why})") from None
+        if not isinstance(spec, dict):
+            raise StoreError(f"{path}: not a spec mapping (a {type(spec).__name__})")
+        return spec
 
     @staticmethod
     def check_writable(path: Path) -> None:
@@ -93,7 +111,13 @@ class StudyDir:
         if not probe.is_dir():
             raise StoreError(f"out: {probe} exists and is not a directory")
         if not os.access(probe, os.W_OK | os.X_OK):
-            raise StoreError(f"out: cannot write to {probe} (permission denied); choose --out DIR")
+            why = "permission denied"
+            try:
+                if os.statvfs(probe).f_flag & os.ST_RDONLY:
+                    why = "read-only file system"
+            except OSError:
+                pass
+            raise StoreError(f"out: cannot write to {probe} ({why}); choose --out DIR")
 
     def _is_unfinished_prepare(self) -> bool:
         """Empty, or left by a :meth:`prepare` that was killed before writing the manifest.

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import struct
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,19 @@ from widthwise.store.files import (
     atomic_write_npz,
     read_lines,
 )
+
+PROBE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+"""Probe names become directory names (``arrays/<probe>/``): no separators, no ``..``."""
+
+
+def check_probe_name(probe: str) -> str:
+    """``probe`` if it is a safe directory name, else :class:`StoreError` (a plug-in bug)."""
+    if not isinstance(probe, str) or not PROBE_NAME.match(probe) or len(probe) > 100:
+        raise StoreError(
+            f"probes: {probe!r} cannot name a directory under arrays/ "
+            "(allowed: letters, digits, _ . -, starting with a letter or digit)"
+        )
+    return probe
 
 
 class WidthDir:
@@ -47,6 +63,7 @@ class WidthDir:
 
     # -- writing -------------------------------------------------------------
     def open_for_writing(self) -> None:
+        """Create the directory, remove dead writers' temporary files, open the scalar log."""
         self.path.mkdir(parents=True, exist_ok=True)
         self.arrays_dir.mkdir(exist_ok=True)
         for stale in self.path.rglob(f"{TMP_PREFIX}*"):
@@ -54,6 +71,7 @@ class WidthDir:
         self._log = LineLog(self.scalars_path)
 
     def close(self) -> None:
+        """Close the scalar log (synced); never raises."""
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -63,6 +81,7 @@ class WidthDir:
         step, and entries whose first dim is not ``seed`` (coordinates such as layer names)
         to ``arrays/<probe>/coords.json``."""
         assert self._log is not None, "open_for_writing() first"
+        check_probe_name(probe)
         coords = {k: (d, v) for k, (d, v) in result.items() if not d or d[0] != "seed"}
         result = {k: dv for k, dv in result.items() if k not in coords}
         scalars = {k: v.tolist() for k, (dims, v) in result.items() if dims == ("seed",)}
@@ -89,6 +108,7 @@ class WidthDir:
             atomic_write_npz(pdir / f"{step:09d}.npz", {k: v for k, (_, v) in arrays.items()})
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
+        """Sync the scalar log, then atomically replace ``checkpoint.pt`` with ``state``."""
         if self._log is not None:
             self._log.sync()  # everything logged so far is on disk before the checkpoint
         buf = io.BytesIO()
@@ -96,15 +116,26 @@ class WidthDir:
         atomic_write_bytes(self.checkpoint_path, buf.getvalue())
 
     def load_checkpoint(self) -> dict[str, Any] | None:
+        """The checkpoint (``torch.load(weights_only=True)``: no code runs), or None if absent.
+
+        Raises :class:`StoreError` (one line) for a file that is not a readable
+        checkpoint mapping; the trainer checks its contents against the width.
+        """
         if not self.checkpoint_path.exists():
             return None
         try:
-            return torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+            state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001  (any unreadable checkpoint is one user-facing error)
             raise StoreError(
                 f"{self.checkpoint_path}: unreadable checkpoint ({type(err).__name__}); "
                 "delete it to restart this width from scratch"
             ) from None
+        if not isinstance(state, dict):
+            raise StoreError(
+                f"{self.checkpoint_path}: not a widthwise checkpoint (a {type(state).__name__}, "
+                "not a mapping); delete it to restart this width from scratch"
+            )
+        return state
 
     def truncate_from(self, step: int) -> None:
         """Forget everything logged at steps >= ``step`` (resuming from a checkpoint at ``step``)."""
@@ -114,31 +145,53 @@ class WidthDir:
         text = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in kept)
         atomic_write_bytes(self.scalars_path, text.encode())
         if self.arrays_dir.exists():
-            for f in self.arrays_dir.glob("*/*.npz"):
-                if f.stem.isdigit() and int(f.stem) >= step:
-                    f.unlink()
+            for pdir in self.arrays_dir.iterdir():
+                if pdir.is_symlink() or not pdir.is_dir():
+                    continue  # never delete through a link out of the study
+                for f in pdir.glob("*.npz"):
+                    if f.stem.isdigit() and int(f.stem) >= step:
+                        f.unlink()
 
     def write_status(self, **fields: Any) -> None:
+        """Atomically replace ``status.json`` with ``fields``."""
         atomic_write_json(self.status_path, fields)
 
     # -- reading -------------------------------------------------------------
     def read_status(self) -> dict[str, Any]:
+        """``status.json`` as a mapping; ``{}`` when missing or unreadable."""
         try:
-            return json.loads(self.status_path.read_text())
-        except (OSError, json.JSONDecodeError):
+            status = json.loads(self.status_path.read_text())
+        except (OSError, ValueError):  # ValueError: bad JSON or bad UTF-8
             return {}
+        return status if isinstance(status, dict) else {}
 
-    def read_scalars(self) -> tuple[dict[tuple[str, str], dict[int, list[float]]], int]:
-        """{(probe, var): {step: per-seed values}} and the count of skipped torn lines."""
+    def read_scalars(
+        self, n_seeds: int | None = None
+    ) -> tuple[dict[tuple[str, str], dict[int, list[float]]], int]:
+        """{(probe, var): {step: per-seed values}} and the count of skipped records.
+
+        Skipped: torn and corrupt lines, and (given ``n_seeds``) records whose value
+        lists do not hold one value per seed; a skipped record never replaces a good one.
+        """
         records, bad = read_lines(self.scalars_path)
         out: dict[tuple[str, str], dict[int, list[float]]] = {}
         for r in records:
             try:
                 probe, step, vars_ = r["probe"], int(r["step"]), r["vars"]
+                if not isinstance(probe, str) or not isinstance(vars_, dict):
+                    raise TypeError("not a scalar record")
+                parsed = {}
                 for name, values in vars_.items():
-                    out.setdefault((probe, name), {})[step] = [float(v) for v in values]
+                    if not isinstance(values, list):
+                        raise TypeError("values are not a per-seed list")
+                    if n_seeds is not None and len(values) != n_seeds:
+                        raise ValueError("not one value per seed")
+                    parsed[name] = [float(v) for v in values]
             except (KeyError, TypeError, ValueError, AttributeError):
                 bad += 1
+                continue
+            for name, values in parsed.items():
+                out.setdefault((probe, name), {})[step] = values
         return out, bad
 
     def read_coords(self) -> dict[str, tuple[list[str], list]]:
@@ -150,7 +203,7 @@ class WidthDir:
             try:
                 for name, c in json.loads(f.read_text()).items():
                     out[name] = (list(c["dims"]), list(c["values"]))
-            except (OSError, json.JSONDecodeError, KeyError, TypeError):
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
                 continue
         return out
 
@@ -165,7 +218,9 @@ class WidthDir:
         for pdir in sorted(p for p in self.arrays_dir.iterdir() if p.is_dir()):
             try:
                 dims = json.loads((pdir / "dims.json").read_text())
-            except (OSError, json.JSONDecodeError):
+            except (OSError, ValueError):
+                dims = None
+            if not _valid_dims(dims):
                 bad += 1
                 continue
             for f in sorted(pdir.glob("*.npz")):
@@ -174,10 +229,28 @@ class WidthDir:
                 try:
                     with np.load(f, allow_pickle=False) as z:
                         arrays = {k: z[k] for k in z.files}
-                except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+                except (
+                    OSError,
+                    ValueError,
+                    KeyError,
+                    EOFError,
+                    struct.error,
+                    zlib.error,
+                    zipfile.BadZipFile,
+                ):
                     bad += 1  # partial file: never reported as data
                     continue
                 for name, arr in arrays.items():
-                    if name in dims:
+                    if name in dims and arr.ndim == len(dims[name]):
                         out.setdefault((pdir.name, name), (dims[name], {}))[1][int(f.stem)] = arr
+                    elif name in dims:
+                        bad += 1  # an array that does not match its declared dims
         return out, bad
+
+
+def _valid_dims(dims: Any) -> bool:
+    """``dims.json`` content: {var: [dim names, first "seed"]}."""
+    return isinstance(dims, dict) and all(
+        isinstance(d, list) and d and d[0] == "seed" and all(isinstance(x, str) for x in d)
+        for d in dims.values()
+    )
