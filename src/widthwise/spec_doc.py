@@ -66,11 +66,11 @@ def registry_section(title: str, registry: Registry[Any], key: str) -> str:
 
 def spec_reference() -> str:
     """The generated part of docs/spec.md."""
+    from widthwise.executors import EXECUTORS
     from widthwise.families import FAMILIES
     from widthwise.parameterization import PARAMETERIZATIONS
     from widthwise.probes import PROBES
     from widthwise.schedule import LRSchedule
-    from widthwise.executors import EXECUTORS
     from widthwise.spec import (
         DataSpec,
         ExecutorSpec,
