@@ -208,7 +208,9 @@ def _curve_sampled(f, labels, max_subsets, seed) -> np.ndarray:
         for s in range(0, len(w), chunk):
             means = (w[s : s + chunk] @ members).reshape(-1, b, p, o)
             lse += _logsumexp(means).mean(-1).sum(0)
-        out[k - 1] = lse / len(w) - label_logit.mean(-1)
+        # the label term over the same subsets as the log-sum-exp (over all members it
+        # would be a different average whenever the subsets are a sample)
+        out[k - 1] = (lse - (w @ label_logit.T).sum(0)) / len(w)
     return out
 
 
