@@ -387,3 +387,24 @@ def test_sequence_samples_are_folded_into_points():
         "bias_variance",
         "power_law",
     ]
+
+
+def test_attention_distance_with_one_moving_step_is_drawn_against_width() -> None:
+    """Attention at init (uniform maps: distance 0) and the end gives one point per width
+    on a log axis; the figure then plots the final distance against width."""
+    from widthwise.report.fig_repr import attention_distance
+
+    tv = xr.DataArray(
+        np.array([[[0.0, 0.0], [0.3, 0.4]], [[0.0, 0.0], [0.2, 0.3]], [[0.0, 0.0], [0.0, 0.0]]]),
+        dims=("width", "attention_step", "attn_layer"),
+        coords={"width": [16, 32, 64], "attention_step": [0, 600], "attn_layer": ["b1", "b2"]},
+    )
+    ax = attention_distance(tv).axes[0]
+    assert ax.get_xlabel() == "width"
+    lines = [ln for ln in ax.get_lines() if ln.get_label() in ("b1", "b2")]
+    assert [list(ln.get_xdata()) for ln in lines] == [[16, 32], [16, 32]]
+    np.testing.assert_allclose(lines[0].get_ydata(), [0.3, 0.2])
+    np.testing.assert_allclose(lines[1].get_ydata(), [0.4, 0.3])
+    moving = tv.copy()
+    moving[:2, 0] = 0.1  # two steps with a distance: a curve over training
+    assert attention_distance(moving).axes[0].get_xlabel() != "width"

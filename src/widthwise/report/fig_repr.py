@@ -95,9 +95,18 @@ def kernel_grid(kernels: xr.DataArray, *, layer_dim: str = "kernel_layer") -> Fi
 
 
 def _per_layer(ax, da: xr.DataArray, xdim: str, layer_dim: str, colors, *, logy: bool) -> None:
+    # a sparse schedule (e.g. init and end, where init is 0 and leaves a log axis) would
+    # leave a lone point that a line does not draw: mark every point
+    marker = "o" if da.sizes[xdim] <= 3 else None
     for i in range(da.sizes[layer_dim]):
         width_lines(
-            ax, da.isel({layer_dim: i}), xdim, colors, logy=logy, ls=LINESTYLES[i % len(LINESTYLES)]
+            ax,
+            da.isel({layer_dim: i}),
+            xdim,
+            colors,
+            logy=logy,
+            ls=LINESTYLES[i % len(LINESTYLES)],
+            marker=marker,
         )
     if da.sizes[layer_dim] > 1:
         _layer_legend(ax, da, layer_dim)
@@ -227,14 +236,19 @@ def attention_distance(tv: xr.DataArray, *, layer_dim: str = "attn_layer") -> Fi
 
     ``tv`` (width, attention_step, layer) from
     :func:`~widthwise.analysis.attention_distance_to_widest` averaged over heads/points.
+    When only one recorded step has a non-zero distance (e.g. attention at init and at
+    the end under ``query_zero_init``, where every map starts uniform), the figure shows
+    that step's distance against width instead of a curve over training.
     """
     widths = tv.width.values.tolist()
+    ref = tv.width.values.max()
+    others = tv.sel(width=tv.width != ref)
+    moved = (others.fillna(0) > 0).any([d for d in others.dims if d != "attention_step"])
+    if int(moved.sum()) <= 1:
+        return _attention_distance_vs_width(others, layer_dim, int(ref))
     colors = width_colors(widths)
     fig, axes = new_figure(1, 1, height=2.6)
-    ref = tv.width.values.max()
-    _per_layer(
-        axes[0, 0], tv.sel(width=tv.width != ref), "attention_step", layer_dim, colors, logy=True
-    )
+    _per_layer(axes[0, 0], others, "attention_step", layer_dim, colors, logy=True)
     style_axes(
         axes[0, 0],
         xlabel=STEP,
@@ -243,6 +257,38 @@ def attention_distance(tv: xr.DataArray, *, layer_dim: str = "attn_layer") -> Fi
         logy=True,
     )
     width_colorbar(fig, axes, widths)
+    return fig
+
+
+def _attention_distance_vs_width(others: xr.DataArray, layer_dim: str, ref: int) -> Figure:
+    """The last recorded step's distance to the widest (width ``ref``) against width."""
+    last = others.isel(attention_step=-1)
+    step = int(last.attention_step)
+    fig, axes = new_figure(1, 1, height=2.6)
+    ax = axes[0, 0]
+    names = last[layer_dim].values if layer_dim in last.coords else None
+    for i in range(last.sizes.get(layer_dim, 1)):
+        row = last.isel({layer_dim: i}) if layer_dim in last.dims else last
+        label = str(names[i]) if names is not None else f"layer {i + 1}"
+        ax.plot(
+            row.width.values,
+            positive(row.values),
+            color="0.2",
+            ls=LINESTYLES[i % len(LINESTYLES)],
+            marker="o",
+            ms=4,
+            label=label,
+        )
+    style_axes(
+        ax,
+        xlabel="width",
+        ylabel="mean TV distance per query",
+        title=f"attention maps at step {step}: distance to width {ref}",
+        logx=True,
+        logy=True,
+    )
+    width_ticks(ax, last.width.values)
+    ax.legend(loc="best")
     return fig
 
 
