@@ -1,0 +1,159 @@
+"""Reproduce the paper's claims at laptop scale and write docs/reproduction.md's numbers.
+
+    python examples/paper/reproduce.py                       # every claim, full specs
+    python examples/paper/reproduce.py --claims C1 C3        # some claims
+    python examples/paper/reproduce.py --runs /tmp/paper_runs --reduced
+
+Each claim's specs (examples/paper/c*.yaml) are run with widthwise into ``--runs``
+(resumable: finished studies are skipped and their recorded wall time reused), the
+claim's numbers are computed with ``widthwise.analysis`` from ``widthwise.open_study``,
+its figures are drawn with widthwise's report figure functions into docs/img/repro/,
+and the verdict follows from the checks in ``claims.py``. Full runs replace the
+generated block of docs/reproduction.md (between the BEGIN/END GENERATED markers);
+``--reduced`` runs only print.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from claims import CLAIMS, ClaimResult, run_claim  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+DOC = ROOT / "docs" / "reproduction.md"
+IMG = ROOT / "docs" / "img" / "repro"
+BEGIN = "<!-- BEGIN GENERATED: python examples/paper/reproduce.py -->"
+END = "<!-- END GENERATED -->"
+
+
+def cell(text: str) -> str:
+    """Text safe inside a Markdown table cell (pipes escaped)."""
+    return text.replace("|", "\\|")
+
+
+def claim_markdown(res: ClaimResult) -> str:
+    """The generated section of one claim: command, figures, numbers, wall time, verdict."""
+    c = res.claim
+    specs = " ".join(f"examples/paper/{n}.yaml" for n in c.specs)
+    lines = [
+        f"### {c.id}: {c.title} (paper {c.paper})",
+        "",
+        "```bash",
+        *(f"widthwise run examples/paper/{n}.yaml --out /tmp/paper_runs/{n}" for n in c.specs),
+        f"python examples/paper/reproduce.py --claims {c.id}",
+        "```",
+        "",
+        f"Specs: {specs}.",
+        "",
+    ]
+    for fig in res.figures:
+        rel = os.path.relpath(fig, DOC.parent)
+        lines += [f"![{c.id} {fig.stem}]({rel})", ""]
+    lines += ["| quantity | value |", "|---|---|"]
+    lines += [f"| {cell(q)} | {cell(v)} |" for q, v in res.rows]
+    walls = ", ".join(
+        f"{n}: {'not recorded' if w is None else f'{w:.0f} s'}" for n, w in res.wall_s.items()
+    )
+    lines += ["", f"Wall time (2-core shared CPU, `widthwise run`): {walls}.", ""]
+    lines += ["| check | measured | passed |", "|---|---|---|"]
+    lines += [
+        f"| {cell(k.text)} | {cell(k.value)} | {'yes' if k.passed else '**no**'} |"
+        for k in res.checks
+    ]
+    failed = [k.text for k in res.checks if not k.passed]
+    why = (
+        "every check passes"
+        if not failed
+        else f"{len(res.checks) - len(failed)} of {len(res.checks)} checks pass; failed: "
+        + "; ".join(failed)
+    )
+    lines += ["", f"**Verdict: {res.verdict}** ({why}).", ""]
+    lines += [f"{ROW}{summary_row(res)} -->", ""]
+    return "\n".join(lines)
+
+
+ROW = "<!-- summary row: "
+
+
+def summary_row(r: ClaimResult) -> str:
+    """The claim's row of the summary table (also kept in its section, for later merges)."""
+    walls = [w for w in r.wall_s.values() if w is not None]
+    wall = " + ".join(f"{w:.0f} s" for w in walls) if walls else "not recorded"
+    n = sum(k.passed for k in r.checks)
+    return (
+        f"| {r.claim.id} | {r.claim.title} | {r.claim.paper} | **{r.verdict}** | "
+        f"{n}/{len(r.checks)} | {wall} |"
+    )
+
+
+def summary_table(sections: list[str]) -> str:
+    """The summary table from the rows kept in the claims' sections."""
+    lines = [
+        "| claim | statement | paper | verdict | checks passed | wall time (per spec) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for sec in sections:
+        for line in sec.splitlines():
+            if line.startswith(ROW):
+                lines.append(line[len(ROW) :].removesuffix(" -->"))
+    return "\n".join(lines)
+
+
+def write_doc(results: list[ClaimResult]) -> None:
+    """Replace the generated block of docs/reproduction.md (claims not rerun are kept)."""
+    text = DOC.read_text() if DOC.exists() else f"# Reproduction\n\n{BEGIN}\n{END}\n"
+    head, rest = text.split(BEGIN, 1)
+    old, tail = rest.split(END, 1)
+    sections = {}
+    for part in old.split("\n### ")[1:]:
+        sections[part.split(":", 1)[0].strip()] = "### " + part.rstrip() + "\n"
+    for r in results:
+        sections[r.claim.id] = claim_markdown(r)
+    ordered = [sections[k] for k in CLAIMS if k in sections]
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    body = "\n".join(
+        [
+            "",
+            f"_Generated {stamp} by `python examples/paper/reproduce.py`._",
+            "",
+            "## Summary",
+            "",
+            summary_table(ordered),
+            "",
+            "## Claim by claim",
+            "",
+            *ordered,
+        ]
+    )
+    DOC.write_text(head + BEGIN + "\n" + body.rstrip() + "\n" + END + tail)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--claims", nargs="+", default=list(CLAIMS), choices=list(CLAIMS))
+    ap.add_argument("--runs", type=Path, default=Path("/tmp/paper_runs"))
+    ap.add_argument("--reduced", action="store_true", help="shrunk studies (as pytest -m repro)")
+    args = ap.parse_args(argv)
+    runs = args.runs / "reduced" if args.reduced else args.runs
+    results = []
+    for cid in args.claims:
+        res = run_claim(cid, runs, reduced=args.reduced, figures_dir=None if args.reduced else IMG)
+        results.append(res)
+        print(f"{cid}: {res.verdict}")
+        for k in res.checks:
+            print(f"  [{'x' if k.passed else ' '}] {k.text}: {k.value}")
+    print(summary_table([claim_markdown(r) for r in results]))
+    if not args.reduced:
+        write_doc(results)
+        print(f"wrote {DOC}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
