@@ -22,7 +22,14 @@ from hypothesis import strategies as st
 from widthwise.cli import main
 from widthwise.errors import SpecError
 from widthwise.executors import EXECUTORS
-from widthwise.spec import DataSpec, OptimizerSpec, ParameterizationSpec, StudySpec, load_spec
+from widthwise.spec import (
+    DataSpec,
+    OptimizerSpec,
+    ParameterizationSpec,
+    StudySpec,
+    load_spec,
+    validate_spec,
+)
 from widthwise.trackers import TRACKERS
 
 
@@ -503,3 +510,13 @@ def monkeypatch_run() -> Any:
 
     yield drain
     widthwise.study.run = real  # type: ignore[assignment]
+
+
+def test_hash_of_a_study_made_before_the_newer_keys_is_unchanged() -> None:
+    """Studies written by widthwise before mixed_precision/deterministic/executor/trackers
+    existed must still resume: their spec hash (pinned here) may not move."""
+    spec = validate_spec(tiny_spec_dict("/tmp/anywhere"))
+    assert spec.hash() == "ab8f1f43e6ef78f5"
+    assert validate_spec(tiny_spec_dict("/elsewhere", executor="processes")).hash() == spec.hash()
+    assert validate_spec(tiny_spec_dict(mixed_precision="bf16")).hash() != spec.hash()
+    assert validate_spec(tiny_spec_dict(deterministic=True)).hash() != spec.hash()

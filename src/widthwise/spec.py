@@ -31,6 +31,8 @@ EXAMPLES_DIR = Path(__file__).parent / "examples"
 
 NOT_HASHED = {"out", "device", "description", "executor", "trackers"}
 """Spec keys that do not change a study's numbers (a study may resume with others)."""
+HASHED_WHEN_SET = {"mixed_precision": "none", "deterministic": False}
+"""Keys newer than format 1, hashed only when not at these defaults (older hashes hold)."""
 
 
 class _Strict(BaseModel):
@@ -192,8 +194,13 @@ class StudySpec(_Strict):
 
     def hash(self) -> str:
         """Hash of everything that determines the numbers: not where or how the runs execute
-        (``out``, ``device``, ``executor``), not ``description`` or ``trackers``."""
+        (``out``, ``device``, ``executor``), not ``description`` or ``trackers``. Keys added
+        after the first release count only when set away from their default, so studies
+        made before them keep their hash and still resume."""
         payload = self.model_dump(mode="json", exclude=NOT_HASHED)
+        for key, default in HASHED_WHEN_SET.items():
+            if payload.get(key) == default:
+                del payload[key]
         blob = json.dumps(payload, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
