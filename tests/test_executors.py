@@ -201,6 +201,26 @@ def test_slurm_without_slurm_is_one_line(
     assert not out.exists()
 
 
+def test_unreachable_ray_address_is_one_line_in_seconds_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("ray")
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "study"
+    spec_path = write_spec(tmp_path / "tiny.yaml", tiny_spec_dict(out))
+    argv = ["run", str(spec_path), "--executor", "ray", "--address", f"127.0.0.1:{port}"]
+    assert main([*argv, "--quiet"]) == 2
+    line = one_error_line(capsys)
+    assert line.startswith(
+        f"error: executor.options.address: cannot reach the Ray head at '127.0.0.1:{port}'"
+    )
+    assert not out.exists()
+
+
 # -- errors and options ------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import socket
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
@@ -50,6 +51,25 @@ class RayOptions(RemoteOptions):
         return data
 
 
+PREFLIGHT_TIMEOUT_S = 5.0
+RAY_CLIENT_PORT = 10001
+GCS_PORT = 6379
+
+
+def _head_hostport(address: str) -> tuple[str, int] | None:
+    """(host, port) of a Ray head address, or None when it is not host-like (``auto``,
+    ``local``: Ray resolves those itself)."""
+    rest = address.removeprefix("ray://")
+    default = RAY_CLIENT_PORT if address.startswith("ray://") else GCS_PORT
+    if address in ("auto", "local") or not rest:
+        return None
+    host, _, port = rest.rpartition(":") if ":" in rest else (rest, "", "")
+    try:
+        return host, int(port) if port else default
+    except ValueError:
+        return None
+
+
 @EXECUTORS.register(
     "ray",
     options=RayOptions,
@@ -71,6 +91,23 @@ class RayExecutor(WidthExecutor):
         super().__init__(options or RayOptions(), context)
         self._started = False
         self._remotes: dict[Callable[..., Any], Any] = {}
+
+    @classmethod
+    def preflight(cls, options: BaseModel | None) -> None:
+        """An ``address`` whose head cannot be reached fails in seconds, before anything is
+        written (``ray.init`` would wait for its own connection timeout, minutes)."""
+        address = getattr(options, "address", None)
+        hostport = _head_hostport(address) if address else None
+        if hostport is None:
+            return
+        host, port = hostport
+        try:
+            socket.create_connection((host, port), timeout=PREFLIGHT_TIMEOUT_S).close()
+        except OSError as err:
+            raise UserError(
+                f"executor.options.address: cannot reach the Ray head at {address!r} "
+                f"({err.strerror or err}); check the address, or omit it for a local instance"
+            ) from None
 
     def threads_per_run(self) -> int:
         opts: RayOptions = self.options  # type: ignore[assignment]
