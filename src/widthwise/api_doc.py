@@ -17,10 +17,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from widthwise.generated_block import END as END  # re-exported: tests find the block by it
+from widthwise.generated_block import main, write_block
 from widthwise.registry import Registry
 
 BEGIN = "<!-- BEGIN GENERATED: python -m widthwise.api_doc --write docs/api.md -->"
-END = "<!-- END GENERATED -->"
 WRAP = 88  # signatures longer than this put one parameter per line
 NO_DOC = "*(no docstring)*"
 
@@ -242,19 +243,10 @@ def api_reference() -> str:
 
 def write_into(path: str) -> None:
     """Replace the generated block of ``path`` with the current reference."""
-    from pathlib import Path
-
-    p = Path(path)
-    text = p.read_text()
-    head, _, rest = text.partition(BEGIN)
-    _, _, tail = rest.partition(END)
-    p.write_text(f"{head}{BEGIN}\n\n{api_reference()}\n{END}{tail}")
+    write_block(path, BEGIN, api_reference())
 
 
 if __name__ == "__main__":
     import sys
 
-    if len(sys.argv) == 3 and sys.argv[1] == "--write":
-        write_into(sys.argv[2])
-    else:
-        print(api_reference())
+    main(sys.argv[1:], BEGIN, api_reference)

@@ -8,6 +8,8 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from widthwise.generated_block import END as END  # re-exported: tests find the block by it
+from widthwise.generated_block import main, write_block
 from widthwise.registry import Registry
 
 
@@ -103,24 +105,14 @@ def spec_reference() -> str:
 
 
 BEGIN = "<!-- BEGIN GENERATED: python -m widthwise.spec_doc --write docs/spec.md -->"
-END = "<!-- END GENERATED -->"
 
 
 def write_into(path: str) -> None:
     """Replace the generated block of ``path`` with the current reference."""
-    from pathlib import Path
-
-    p = Path(path)
-    text = p.read_text()
-    head, _, rest = text.partition(BEGIN)
-    _, _, tail = rest.partition(END)
-    p.write_text(f"{head}{BEGIN}\n\n{spec_reference()}\n{END}{tail}")
+    write_block(path, BEGIN, spec_reference())
 
 
 if __name__ == "__main__":
     import sys
 
-    if len(sys.argv) == 3 and sys.argv[1] == "--write":
-        write_into(sys.argv[2])
-    else:
-        print(spec_reference())
+    main(sys.argv[1:], BEGIN, spec_reference)
