@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -247,3 +248,40 @@ def test_python_m_help() -> None:
     for command in ("run", "show", "list", "coord-check"):
         assert command in proc.stdout
     assert proc.stderr == ""
+
+
+PLUGIN = """
+from widthwise.families import FAMILIES
+
+# the built-in MLP under another name: enough to prove the registry saw this module
+FAMILIES.register("plugin_mlp", options=FAMILIES.entry("mlp").options)(FAMILIES.get("mlp"))
+"""
+
+
+def test_run_imports_a_plugin_module_from_the_current_directory(tmp_path: Path) -> None:
+    """``--import MODULE`` registers user families for the command line (a fresh
+    interpreter: the registries of this test process stay as they are)."""
+    (tmp_path / "my_plugin.py").write_text(PLUGIN)
+    spec = tiny_spec_dict(tmp_path / "study", model={"family": "plugin_mlp"}, steps=4)
+    write_spec(tmp_path / "s.yaml", spec)
+    cli = [sys.executable, "-m", "widthwise", "run", "s.yaml", "--quiet"]
+
+    def run(*extra: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        return subprocess.run(
+            [*cli, *extra], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120
+        )
+
+    without = run()
+    assert without.returncode == 2
+    assert "model.family: unknown family 'plugin_mlp'" in without.stderr
+    assert not (tmp_path / "study").exists()
+    missing = run("--import", "no_such_plugin")
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines() == [
+        "error: --import: cannot import 'no_such_plugin': "
+        "ModuleNotFoundError: No module named 'no_such_plugin'"
+    ]
+    ok = run("--import", "my_plugin")
+    assert ok.returncode == 0, ok.stderr
+    assert widthwise.open_study(tmp_path / "study").attrs["name"] == "tiny"

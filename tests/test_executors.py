@@ -348,3 +348,12 @@ def test_progress_follows_runs_elsewhere_from_the_store(reference: xr.Dataset) -
     assert "width    32 (running)" in text and "15/20" in text and f"loss {loss:.4g}" in text
     with study_progress(False) as quiet:
         assert quiet.watch(32, 20) is None and quiet.for_width(32, 20) is None
+
+
+def test_import_flag_reaches_remote_workers_only() -> None:
+    from widthwise.executors import executor_override
+
+    spec_value = {"name": "processes", "options": {"workers": 2, "imports": ["a"]}}
+    merged = executor_override(spec_value, imports=["b", "a"])
+    assert merged == {"name": "processes", "options": {"workers": 2, "imports": ["a", "b"]}}
+    assert executor_override(None, imports=["b"]) == {"name": "local", "options": {}}

@@ -7,6 +7,8 @@ traceback); 130 interrupted (the run resumes where its last checkpoint left it).
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,15 +39,37 @@ def _spec_executor(spec: str) -> object:
     return raw.get("executor") if isinstance(raw, dict) else None
 
 
+def import_plugins(modules: Sequence[str]) -> None:
+    """Import the modules of ``--import`` (they register families, streams, probes).
+
+    The current directory is searched first, as ``python -m`` would; a module that
+    fails to import is one line naming it and the error.
+    """
+    if modules and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as err:  # noqa: BLE001  (any failure of user code is one line)
+            raise UserError(
+                f"--import: cannot import {name!r}: {type(err).__name__}: {err}"
+            ) from None
+
+
 def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     from widthwise.executors import executor_override
     from widthwise.spec import load_spec
     from widthwise.study import dry_run, run
 
+    import_plugins(args.imports)
     overrides: dict[str, object] = {"out": args.out, "device": args.device}
-    if args.executor is not None or args.workers is not None or args.address is not None:
+    if any(v is not None for v in (args.executor, args.workers, args.address)) or args.imports:
         overrides["executor"] = executor_override(
-            _spec_executor(args.spec), args.executor, workers=args.workers, address=args.address
+            _spec_executor(args.spec),
+            args.executor,
+            workers=args.workers,
+            address=args.address,
+            imports=args.imports,
         )
     spec = load_spec(args.spec, **overrides)
     if args.dry_run:
@@ -84,6 +108,7 @@ def _cmd_coord_check(args: argparse.Namespace, console: Console) -> int:
     from widthwise.coord_check import coord_check
     from widthwise.spec import load_spec
 
+    import_plugins(args.imports)
     spec = load_spec(args.spec, device=args.device)
     da = coord_check(spec, steps=args.steps)
     table = Table(
@@ -156,6 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print what would run (slurm: the job script) and write nothing",
     )
+    r.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE first (your families, streams, probes); repeatable",
+    )
     r.set_defaults(fn=_cmd_run)
     s = sub.add_parser("show", help="per-width table of a study directory")
     s.add_argument("dir")
@@ -166,6 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("spec")
     c.add_argument("--steps", type=_non_negative_int, default=3, help="updates to take (>= 0)")
     c.add_argument("--device")
+    c.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE first (your families, streams, probes); repeatable",
+    )
     c.set_defaults(fn=_cmd_coord_check)
     rp = sub.add_parser("report", help="HTML report, figures and CSV of a study directory")
     rp.add_argument("dir", help="study directory")

@@ -13,6 +13,7 @@ A new engine is one class registered with ``@EXECUTORS.register(name, options=..
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from widthwise.errors import UserError
@@ -49,13 +50,15 @@ def executor_override(
     *,
     workers: int | None = None,
     address: str | None = None,
+    imports: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The spec's ``executor`` mapping with command-line choices applied.
 
     ``base`` is the spec's value (a name, a mapping or None). A different ``name``
     starts from that executor's defaults; ``workers`` sets how many runs go at once
     (processes: ``workers``; slurm: ``array_parallelism``; ray: CPUs of the local
-    instance at ``cpus_per_run`` each); ``address`` makes Ray join that cluster.
+    instance at ``cpus_per_run`` each); ``address`` makes Ray join that cluster;
+    ``imports`` (``--import``) are added to a remote executor's ``imports``.
     """
     if isinstance(base, str):
         base = {"name": base}
@@ -87,4 +90,6 @@ def executor_override(
         if current != "ray":
             raise UserError(f"--address: only the ray executor joins a cluster, not {current!r}")
         options["address"] = address
+    if imports and current != "local":  # workers are fresh interpreters: import there too
+        options["imports"] = list(dict.fromkeys([*options.get("imports", []), *imports]))
     return {"name": current, "options": options}
