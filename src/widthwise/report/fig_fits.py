@@ -193,7 +193,17 @@ def power_law(
         logy = bool(finite.size and np.mean(finite > 0) >= 0.5)  # c = 0 steps leave gaps
         ci = limit.limit_ci.transpose("test_step", "bound").values[keep]
         tr = positive if logy else np.asarray
-        ax.plot(x[keep], tr(c), color="k", lw=1.6, label="extrapolated n → ∞")
+        # markers: a step between two hidden (c ≤ 0) ones is a lone point a line misses
+        ax.plot(x[keep], tr(c), color="k", lw=1.6, marker="o", ms=2.5, label="extrapolated n → ∞")
+        hidden = int(np.sum(np.isfinite(c) & (c <= 0))) if logy else 0
+        if hidden:
+            ax.annotate(
+                f"c ≤ 0 at {hidden} steps (not drawn)",
+                xy=(0.03, 0.03),
+                xycoords="axes fraction",
+                fontsize=7,
+                color="0.35",
+            )
         ax.fill_between(x[keep], tr(ci[:, 0]), tr(ci[:, 1]), color="k", alpha=0.15, lw=0)
         ax.legend(loc="upper right")
         style_axes(
