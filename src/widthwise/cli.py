@@ -159,6 +159,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _add_import_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE first (your families, streams, probes); repeatable",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="widthwise", description="Width-consistency studies of neural networks.")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
@@ -181,14 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print what would run (slurm: the job script) and write nothing",
     )
-    r.add_argument(
-        "--import",
-        dest="imports",
-        action="append",
-        default=[],
-        metavar="MODULE",
-        help="import MODULE first (your families, streams, probes); repeatable",
-    )
+    _add_import_flag(r)
     r.set_defaults(fn=_cmd_run)
     s = sub.add_parser("show", help="per-width table of a study directory")
     s.add_argument("dir")
@@ -199,14 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("spec")
     c.add_argument("--steps", type=_non_negative_int, default=3, help="updates to take (>= 0)")
     c.add_argument("--device")
-    c.add_argument(
-        "--import",
-        dest="imports",
-        action="append",
-        default=[],
-        metavar="MODULE",
-        help="import MODULE first (your families, streams, probes); repeatable",
-    )
+    _add_import_flag(c)
     c.set_defaults(fn=_cmd_coord_check)
     rp = sub.add_parser("report", help="HTML report, figures and CSV of a study directory")
     rp.add_argument("dir", help="study directory")

@@ -29,7 +29,7 @@ from widthwise.errors import SpecError, StoreError, UserError
 from widthwise.executors import EXECUTORS, ExecutorContext, WidthExecutor, executor_override
 from widthwise.progress import StudyProgress, last_train_loss, study_progress
 from widthwise.spec import ExecutorSpec, StudySpec, _pydantic_problems, load_spec
-from widthwise.store.lock import WidthLock, busy_message, lock_holder
+from widthwise.store.lock import busy_message, lock_holder
 from widthwise.store.study_dir import StudyDir
 from widthwise.store.width_dir import WidthDir
 from widthwise.streams import STREAMS, Stream
@@ -186,7 +186,7 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _train_locked(
+def _train_with_threads(
     spec: StudySpec,
     width: int,
     width_dir: WidthDir,
@@ -196,11 +196,9 @@ def _train_locked(
     device: torch.device,
     threads: int | None,
 ) -> dict[str, Any]:
-    """Train one width under its directory's lock (a finished width is left untouched)."""
-    status = width_dir.read_status()
-    if status.get("state") == "done":
-        return status
-    with _torch_threads(threads), WidthLock(width_dir.path):
+    """Train one width with ``threads`` torch threads (train_width takes the width's lock
+    and leaves a finished width untouched)."""
+    with _torch_threads(threads):
         return train_width(
             spec, width, width_dir, stream, probe_set, on_step=on_step, device=device
         )
@@ -239,7 +237,7 @@ def run_width_job(
         stream = build_stream(spec)
         probe_set = stream.probe_set(spec.data.probe_points)
         dev = resolve_device(device or spec.device)
-        return _train_locked(
+        return _train_with_threads(
             spec, width, study.width_dir(width), stream, probe_set, None, dev, None
         )
     except UserError as err:
@@ -296,7 +294,7 @@ def run(
                 assert dev is not None
                 for width in todo:
                     fut = pool.submit(
-                        _train_locked,
+                        _train_with_threads,
                         spec,
                         width,
                         study.width_dir(width),

@@ -347,19 +347,11 @@ def _one_line(text: str, limit: int = 300) -> str:
 def writer_lock(width_dir: WidthDir) -> Iterator[None]:
     """Hold the width's writer lock (``store/lock.py``) for the block.
 
-    A no-op when this process already holds it (an executor that locked the width
-    before calling :func:`train_width`). Another live writer is a one-line
-    :class:`StoreError` naming it; a directory where the lock cannot even be created
-    (read-only, full) is one too.
+    Another live writer is a one-line :class:`StoreError` naming it; a directory where
+    the lock cannot even be created (read-only, full) is one too.
     """
-    import socket
+    from widthwise.store.lock import WidthLock
 
-    from widthwise.store.lock import WidthLock, lock_holder
-
-    holder = lock_holder(width_dir.path)
-    if holder and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
-        yield
-        return
     lock = WidthLock(width_dir.path)
     try:
         lock.acquire()
