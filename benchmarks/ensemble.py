@@ -43,8 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import widthwise.ensemble
-from widthwise.ensemble import STACKED_FAMILIES, init_member, keep_freed_memory
+from widthwise.ensemble import init_member
+from widthwise.memory import keep_freed_memory
 from widthwise.spec import validate_spec
 from widthwise.streams import STREAMS
 from widthwise.trainer import EnsembleTrainer
@@ -242,7 +242,7 @@ def make_trainer(width: int, size: int, strategy: str = "auto") -> EnsembleTrain
 
 
 def generic_vmap(trainer: EnsembleTrainer) -> EnsembleTrainer:
-    """The trainer, its forward on torch.func.vmap as for families not in STACKED_FAMILIES."""
+    """The trainer, its forward on torch.func.vmap as for families that are not stackable."""
     ens = trainer.ensemble
     ens.strategy = "vmap"
     ens._stacked = ens._vmapped  # type: ignore[method-assign]
@@ -303,7 +303,7 @@ def run_config(
     if full:
         other = "loop" if ens.ensemble.strategy == "vmap" else "vmap"
         fns[f"{other} strategy"] = make_trainer(width, size, other).train_step
-        if ens.network.family in STACKED_FAMILIES:
+        if ens.network.stackable:
             fns["func.vmap"] = generic_vmap(make_trainer(width, size, "vmap")).train_step
     cpu.share()
     best = interleaved_best(fns, budget_s, block_s, min_rounds=rounds, peak=peak)
@@ -396,9 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     full = not args.quick
     budget = args.budget or (20.0 if full else 2.0)
     block = 0.02 if args.quick else 0.03
-    if args.no_malloc_tuning:
-        widthwise.ensemble._malloc_tuned = False  # as if it had been tried and failed
-    tuned = keep_freed_memory()  # what every CPU Ensemble does; the loop shares the process
+    # what the command line and widthwise's workers do; the loop shares the process
+    tuned = False if args.no_malloc_tuning else keep_freed_memory()
 
     print(f"widthwise ensemble benchmark, {datetime.datetime.now().isoformat(timespec='seconds')}")
     print(

@@ -33,8 +33,9 @@ import torch
 import xarray as xr
 
 import widthwise
+from widthwise.job import WidthJob, run_job
 from widthwise.spec import validate_spec
-from widthwise.study import make_executor, run_width_job, with_executor
+from widthwise.study import make_executor, with_executor
 
 WIDTHS = [128, 256, 512, 1024]
 
@@ -87,20 +88,20 @@ def fixed_costs(spec: Any, executor: dict[str, Any], done: Path, calls: int) -> 
     """Start-up, per-run overhead and shutdown of an executor, from jobs on a finished width."""
     spec = with_executor(spec.model_copy(update={"out": str(done)}), executor)
     spec_json = spec.model_dump(mode="json")
-    args = (spec_json, WIDTHS[0], str(done.absolute()), "cpu", None)
+    args = (WidthJob(spec_json, WIDTHS[0], str(done.absolute()), "cpu", None),)
     body = []
     for _ in range(calls):
         t0 = time.perf_counter()
-        assert run_width_job(*args)["state"] == "done"
+        assert run_job(*args)["state"] == "done"
         body.append(time.perf_counter() - t0)
     pool = make_executor(spec, runs=len(WIDTHS))
     t0 = time.perf_counter()
-    assert pool.submit(run_width_job, *args).result()["state"] == "done"
+    assert pool.submit(run_job, *args).result()["state"] == "done"
     first = time.perf_counter() - t0
     steady = []
     for _ in range(calls):
         t0 = time.perf_counter()
-        assert pool.submit(run_width_job, *args).result()["state"] == "done"
+        assert pool.submit(run_job, *args).result()["state"] == "done"
         steady.append(time.perf_counter() - t0)
     t0 = time.perf_counter()
     pool.shutdown()

@@ -69,11 +69,11 @@ def test_relative_frobenius_for_kernels_per_layer():
     k = rng.normal(size=(2, 3, 5, 5))
     da = xr.DataArray(
         np.stack([k, 2 * k]),
-        dims=("width", "seed", "layer", "kpoint_i", "kpoint_j"),
+        dims=("width", "seed", "kernels_layer", "kernels_point_i", "kernels_point_j"),
         coords={"width": [8, 16]},
     )
-    d = relative_frobenius_to_widest(da, over=("kpoint_i", "kpoint_j"))
-    assert d.dims == ("width", "layer")
+    d = relative_frobenius_to_widest(da, over=("kernels_point_i", "kernels_point_j"))
+    assert d.dims == ("width", "kernels_layer")
     np.testing.assert_allclose(d.sel(width=8), 0.5)
     np.testing.assert_allclose(d.sel(width=16), 0.0)
 

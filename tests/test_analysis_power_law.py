@@ -9,7 +9,6 @@ from scipy.optimize import curve_fit, nnls
 
 from widthwise.analysis import (
     AnalysisError,
-    fit_power_law,
     limit_curve,
     power_law_curve,
     power_law_fit,
@@ -29,8 +28,15 @@ def _seeds(n_seeds=8, extra=(), noise=0.3, seed=0):
     return truth.reshape(-1, 1, *[1] * len(extra)) + scatter
 
 
+def _fit_curve(widths, values) -> dict[str, float]:
+    """power_law_fit on one curve (no seed dim): its a, b, c, r2 as floats."""
+    da = xr.DataArray(np.asarray(values, dtype=float), dims="width", coords={"width": widths})
+    fit = power_law_fit(da, n_boot=0)
+    return {k: float(fit[k]) for k in ("a", "b", "c", "r2")}
+
+
 def test_exact_data_is_recovered_with_r2_one():
-    fit = fit_power_law(WIDTHS, A * WIDTHS ** (-B) + C)
+    fit = _fit_curve(WIDTHS, A * WIDTHS ** (-B) + C)
     assert fit["a"] == pytest.approx(A, rel=1e-6)
     assert fit["b"] == pytest.approx(B, rel=1e-6)
     assert fit["c"] == pytest.approx(C, rel=1e-6)
@@ -97,8 +103,8 @@ def test_limit_curve_over_training_and_diverged_members():
 
 
 def test_degenerate_inputs():
-    assert np.isnan(fit_power_law([16, 32], [1.0, 0.5])["c"])  # fewer than 3 widths
-    flat = fit_power_law(WIDTHS, np.full(len(WIDTHS), 0.5))
+    assert np.isnan(_fit_curve([16, 32], [1.0, 0.5])["c"])  # fewer than 3 widths
+    flat = _fit_curve(WIDTHS, np.full(len(WIDTHS), 0.5))
     assert flat["a"] == 0 and flat["c"] == pytest.approx(0.5) and np.isnan(flat["b"])
     da = xr.DataArray(np.ones((3, 2)), dims=("width", "seed"), coords={"width": [0, 1, 2]})
     with pytest.raises(AnalysisError, match="positive"):

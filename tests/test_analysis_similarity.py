@@ -19,7 +19,7 @@ from widthwise.analysis import (
     wasserstein1_to_widest,
 )
 
-DIMS = ("kpoint_i", "kpoint_j")
+DIMS = ("kernels_point_i", "kernels_point_j")
 
 
 def _gram(seed, n=7, d=3):

@@ -131,24 +131,24 @@ def test_show_partial_study(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = write_spec(tmp_path / "tiny.yaml", tiny_spec_dict(tmp_path / "study"))
-    real = widthwise.study.train_width
+    real = widthwise.study.run_job
 
-    def train_width(spec: Any, width: int, *args: Any, on_step: Any = None, **kw: Any) -> Any:
+    def run_job(job: Any, on_step: Any = None) -> Any:
         def stop(done: int, total: int, loss: float) -> None:
-            if width == 32 and done == 7:
+            if job.width == 32 and done == 7:
                 raise KeyboardInterrupt
 
-        return real(spec, width, *args, on_step=stop, **kw)
+        return real(job, on_step=stop)
 
     with monkeypatch.context() as m:
-        m.setattr(widthwise.study, "train_width", train_width)
+        m.setattr(widthwise.study, "run_job", run_job)
         assert main(["run", str(path), "--quiet"]) == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and "Traceback" not in err
     assert main(["show", str(tmp_path / "study")]) == 0
     rows = table_rows(capsys.readouterr().out)
     assert rows["16"][1] == "done"
-    assert rows["32"][1] == "failed"
+    assert rows["32"][1] == "interrupted"
     assert rows["32"][5].endswith(" s")
     # a width whose status was never written: unknown, no wall time (not "nan s")
     (tmp_path / "study" / "width_00032" / "status.json").unlink()

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from widthwise.coord_check import coord_check
+from widthwise.coordinate_check import coord_check
 from widthwise.spec import validate_spec
 
 WIDTHS = [64, 128, 256, 512, 1024]

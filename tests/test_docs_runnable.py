@@ -330,6 +330,20 @@ def test_api_reference_covers_the_public_names() -> None:
             assert f"### `{module.__name__}.{name}`" in text, f"{module.__name__}.{name}"
 
 
+def test_dataset_reference_is_current() -> None:
+    from widthwise.dataset_doc import BEGIN, END
+
+    fresh = subprocess.run(
+        [sys.executable, "-m", "widthwise.dataset_doc"], capture_output=True, text=True, check=True
+    ).stdout
+    text = (DOCS / "dataset.md").read_text()
+    assert BEGIN in text and END in text, "docs/dataset.md lost its generated block markers"
+    block = text.split(BEGIN, 1)[1].split(END, 1)[0]
+    assert block.strip() == fresh.strip(), (
+        "docs/dataset.md is stale: run python -m widthwise.dataset_doc --write docs/dataset.md"
+    )
+
+
 # --- the benchmark summary quotes RESULTS.md ------------------------------------------
 
 

@@ -24,12 +24,13 @@ import widthwise
 from widthwise.cli import main
 from widthwise.errors import UserError
 from widthwise.executors import EXECUTORS, executor_override
+from widthwise.job import WidthJob, run_job
 from widthwise.progress import last_train_loss, study_progress
 from widthwise.spec import load_spec
 from widthwise.store.lock import WidthLock
 from widthwise.store.study_dir import StudyDir
 from widthwise.store.width_dir import WidthDir
-from widthwise.study import build_stream, dry_run, run_width_job
+from widthwise.study import build_stream, dry_run
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -66,7 +67,7 @@ def interrupted_locally(
         interrupt_at(m, width, step)
         assert main(["run", str(spec_path), "--quiet"]) == 130
     status = WidthDir(tmp_path / "study" / f"width_{width:05d}").read_status()
-    assert status["state"] == "failed" and status["step"] == step
+    assert status["state"] == "interrupted" and status["step"] == step
     return spec_path
 
 
@@ -315,7 +316,7 @@ def test_a_job_on_a_busy_width_returns_the_refusal(reference: xr.Dataset, tmp_pa
     spec_json = spec.model_dump(mode="json")
     wd = study.width_dir(16).path
     with WidthLock(wd):
-        res = run_width_job(spec_json, 16, str(study.path), "cpu", 1)
+        res = run_job(WidthJob(spec_json, 16, str(study.path), "cpu", 1))
     assert res["state"] == "error" and res["error_type"] == "StoreError"
     assert res["error"].startswith(f"{wd}: being written by pid ")
     assert not wd.exists()  # nothing written by the refused job
@@ -323,10 +324,10 @@ def test_a_job_on_a_busy_width_returns_the_refusal(reference: xr.Dataset, tmp_pa
     ref_out = Path(json.loads(reference.attrs["spec"])["out"])
     ref_json = load_spec(ref_out / "spec.yaml").model_dump(mode="json")
     with WidthLock(ref_out / "width_00016"):
-        assert run_width_job(ref_json, 16, str(ref_out), "cpu", 1)["state"] == "done"
+        assert run_job(WidthJob(ref_json, 16, str(ref_out), "cpu", 1))["state"] == "done"
     # a job of another spec's study is stale and refused
     other = {**spec_json, "steps": 21}
-    res = run_width_job(other, 16, str(study.path), "cpu", 1)
+    res = run_job(WidthJob(other, 16, str(study.path), "cpu", 1))
     assert res["state"] == "error" and "this job is stale" in res["error"]
 
 

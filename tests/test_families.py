@@ -32,6 +32,7 @@ cnn out ×10, resnet out ×7.1 (not tested, to save time).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -46,14 +47,20 @@ from conftest import tiny_spec_dict, write_spec
 from pydantic import BaseModel, ConfigDict, Field
 
 import widthwise
-from widthwise.coord_check import coord_check
-from widthwise.ensemble import Ensemble
+from widthwise.coordinate_check import coord_check
+from widthwise.ensemble import Ensemble, choose_strategy
 from widthwise.errors import SpecError, UserError
 from widthwise.families import FAMILIES, Network, build_network
 from widthwise.families.resnet import EPS, layer_norm
 from widthwise.families.transformer import TransformerOptions, build_transformer
 from widthwise.losses import IGNORE_INDEX
-from widthwise.parameterization import Role, RuleContext, rules_for
+from widthwise.parameterization import (
+    NetworkRules,
+    Role,
+    RuleContext,
+    network_rules_for,
+    rules_for,
+)
 from widthwise.spec import StudySpec, validate_spec
 from widthwise.streams import STREAMS, Stream, rng_for
 from widthwise.trainer import EnsembleTrainer
@@ -201,12 +208,21 @@ def make_trainer(spec: StudySpec, width: int) -> EnsembleTrainer:
     return EnsembleTrainer(spec, width, stream, CPU)
 
 
+PARAM_OPTIONS = {"mf": {"gamma0": 1.0}}  # options a parameterization requires
+
+
 def build(family: str, width: int, param: str = "mup", **options: Any) -> Network:
     base, data = FAMILY_SETUP[family]
     stream = STREAMS.get(data["stream"])(0, STREAMS.validate_options(data["stream"], {}))
     opts = FAMILIES.validate_options(family, {**base, **options})
+    ctx = RuleContext(width, 8, "sgd", options=PARAM_OPTIONS.get(param))
     return build_network(
-        family, width, stream.in_shape, stream.out_dim, opts, parameterization=param
+        family,
+        width,
+        stream.in_shape,
+        stream.out_dim,
+        opts,
+        network_rules=network_rules_for(param, ctx),
     )
 
 
@@ -447,6 +463,46 @@ def test_trainer_gives_sp_transformer_one_over_sqrt_d_head() -> None:
     x = tokens(3)
     _, taps = trainer.network.apply(w, x, True)
     torch.testing.assert_close(taps["attn/b1"], attention_by_hand(w, x, 2, 16**-0.5, True))
+
+
+def test_network_rules_reach_only_families_that_declare_them() -> None:
+    """The transformer declares the trait ``network_rules``; any exponent the
+    parameterization gives sets its scale. Families without the trait are called with
+    their four arguments, whatever the rules."""
+    assert FAMILIES.entry("transformer").traits.get("network_rules") is True
+    assert not FAMILIES.entry("mlp").traits.get("network_rules")
+    width, d_head = 32, 16
+    base, data = FAMILY_SETUP["transformer"]
+    opts = FAMILIES.validate_options("transformer", base)
+    net = build_network("transformer", width, (SEQ,), VOCAB, opts, network_rules=NetworkRules(0.75))
+    w = member_weights(net)
+    x = tokens(2)
+    torch.testing.assert_close(
+        net.apply(w, x, True)[1]["attn/b1"], attention_by_hand(w, x, 2, d_head**-0.75, True)
+    )
+    mlp = build_network(
+        "mlp", 16, (5,), 3, FAMILIES.validate_options("mlp", {}), network_rules=NetworkRules(0.5)
+    )
+    assert mlp.family == "mlp"
+
+
+def test_stackable_is_a_capability_the_network_declares() -> None:
+    """Only the MLP runs on stacked weights; ``auto`` takes vmap for any stackable
+    network on a CPU, whatever its family's name."""
+    mlp = build_network("mlp", 16, (5,), 3, FAMILIES.validate_options("mlp", {}))
+    assert mlp.stackable
+    assert not any(build(f, 16).stackable for f in FAMILY_NAMES)
+    assert choose_strategy("auto", 64, CPU, stackable=True) == "vmap"
+    assert choose_strategy("auto", 64, CPU, stackable=False) == "loop"
+    renamed = dataclasses.replace(mlp, family="my_mlp")  # a plug-in that declares it
+    rules = rules_for("mup", list(mlp.params), RuleContext(16, 8, "sgd"))
+    ens = Ensemble(renamed, rules, [0, 1], loss="cross_entropy", device=CPU)
+    assert ens.strategy == "vmap"
+    plain = Ensemble(mlp, rules, [0, 1], loss="cross_entropy", device=CPU, strategy="loop")
+    params = ens.init_params()
+    x = randn(4, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(ens.forward(params, x), plain.forward(params, x))
 
 
 @pytest.mark.parametrize("causal", [True, False])

@@ -16,14 +16,10 @@ from conftest import tiny_spec_dict, write_spec
 import widthwise
 import widthwise.trainer
 from widthwise.cli import main
+from widthwise.device import check_precision, deterministic_mode, resolve_device
 from widthwise.errors import SpecError, UserError
 from widthwise.spec import load_spec
-from widthwise.trainer import (
-    EnsembleTrainer,
-    check_precision,
-    deterministic_mode,
-    resolve_device,
-)
+from widthwise.trainer import EnsembleTrainer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -261,3 +257,22 @@ def test_nondeterministic_op_is_one_line(
     assert status["state"] == "failed"
     assert status["error"].startswith("deterministic: scatter_add_cuda_kernel")
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_narrow_width_guard_turns_onednn_off_below_8_on_cpu_only() -> None:
+    """A torch 2.13 oneDNN bug corrupts the heap for ResNets narrower than 8 on some CPUs:
+    those runs keep oneDNN off (restored afterwards, also after an error)."""
+    from widthwise.device import ONEDNN_MIN_WIDTH, narrow_width_guard
+
+    assert ONEDNN_MIN_WIDTH == 8
+    before = torch.backends.mkldnn.enabled
+    with narrow_width_guard(4, torch.device("cpu")):
+        assert torch.backends.mkldnn.enabled is False
+    assert torch.backends.mkldnn.enabled == before
+    with narrow_width_guard(8, torch.device("cpu")):
+        assert torch.backends.mkldnn.enabled == before
+    with narrow_width_guard(4, torch.device("cuda")):  # a flag only: no GPU needed
+        assert torch.backends.mkldnn.enabled == before
+    with pytest.raises(ZeroDivisionError), narrow_width_guard(2, torch.device("cpu")):
+        1 / 0  # noqa: B018
+    assert torch.backends.mkldnn.enabled == before

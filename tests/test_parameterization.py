@@ -1,4 +1,5 @@
-"""The rule tables of sp, mup, ntp and mf against hand-computed numbers.
+"""The rule tables of sp, mup, ntp and mf against hand-computed numbers (u-μP:
+test_parameterization_umup.py).
 
 Every expected value below is written out by hand from the formulas in DESIGN.md
 and the parameterization module's docstring (W = multiplier·w, w ~ N(0, std²),
@@ -16,10 +17,13 @@ from widthwise.families import FAMILIES
 from widthwise.families.mlp import MLPOptions
 from widthwise.parameterization import (
     PARAMETERIZATIONS,
+    NetworkRules,
+    Parameterization,
     ParamRule,
     ParamSpec,
     Role,
     RuleContext,
+    network_rules_for,
     rules_for,
 )
 from widthwise.spec import validate_spec
@@ -34,8 +38,12 @@ def mlp_params(width: int, out: int = 1) -> list[ParamSpec]:
     return list(net.params)
 
 
-def rules(name: str, width: int, base: int, opt: str = "sgd", **ctx) -> dict[str, ParamRule]:
-    return rules_for(name, mlp_params(width), RuleContext(width, base, opt, **ctx))  # type: ignore[arg-type]
+def rules(
+    name: str, width: int, base: int, opt: str = "sgd", sigma: float = 1.0, **options
+) -> dict[str, ParamRule]:
+    """The rules of the test MLP; ``options`` are the parameterization's own (e.g. gamma0)."""
+    ctx = RuleContext(width, base, opt, sigma, options=options)  # type: ignore[arg-type]
+    return rules_for(name, mlp_params(width), ctx)
 
 
 def check(got: dict[str, ParamRule], expected: dict[str, tuple[float, ...]]) -> None:
@@ -125,7 +133,8 @@ def test_mup_zero_init_options() -> None:
     r = rules("mup", 256, 64, "sgd", readout_zero_init=True)
     assert r["out.weight"].init_std == 0 and r["out.weight"].multiplier == 1 / 4
     assert r["l2.weight"].init_std == pytest.approx(1 / 16)
-    ctx = RuleContext(256, 64, "adam", query_zero_init=True)
+    options = PARAMETERIZATIONS.validate_options("mup", {"query_zero_init": True})
+    ctx = RuleContext(256, 64, "adam", options=options)
     query = ParamSpec("q", (256, 256), Role.HIDDEN, 256, tags=frozenset({"query"}))
     key = ParamSpec("k", (256, 256), Role.HIDDEN, 256)
     fn = PARAMETERIZATIONS.get("mup")
@@ -235,3 +244,60 @@ def test_mf_center_outputs_zero_at_init() -> None:
     assert after.abs().max() > 0
     # and the centering survives in the checkpointed state
     assert t.state_dict()["params0"] is not None
+
+
+# -- parameterizations as data (issue 11) ---------------------------------------------
+def test_every_parameterization_is_data_with_its_options_model() -> None:
+    """Each entry is a Parameterization whose options model (or none) the spec validates."""
+    for name in PARAMETERIZATIONS.names():
+        entry = PARAMETERIZATIONS.entry(name)
+        assert isinstance(entry.obj, Parameterization), name
+        assert entry.options is None or entry.options.model_config.get("extra") == "forbid"
+    assert PARAMETERIZATIONS.entry("sp").options is None
+    assert set(PARAMETERIZATIONS.entry("mf").options.model_fields) == {"gamma0", "center"}
+    assert set(PARAMETERIZATIONS.entry("mup").options.model_fields) == {
+        "readout_zero_init",
+        "query_zero_init",
+    }
+
+
+def test_network_rules_carry_attention_exponent_and_centering() -> None:
+    ctx = RuleContext(128, 32, "sgd")
+    assert network_rules_for("sp", ctx) == NetworkRules(attn_exponent=0.5)
+    assert network_rules_for("ntp", ctx) == NetworkRules(attn_exponent=0.5)
+    assert network_rules_for("mup", ctx) == NetworkRules(attn_exponent=1.0)
+    mf = RuleContext(128, 32, "sgd", options={"gamma0": 0.5, "center": True})
+    assert network_rules_for("mf", mf) == NetworkRules(attn_exponent=1.0, center=True)
+    assert not network_rules_for("mf", RuleContext(128, 32, "sgd", options={"gamma0": 1})).center
+
+
+def test_options_as_a_mapping_or_a_model_give_the_same_rules() -> None:
+    model = PARAMETERIZATIONS.validate_options("mf", {"gamma0": 0.5})
+    a = rules_for("mf", mlp_params(64), RuleContext(64, 32, "sgd", options=model))
+    b = rules_for("mf", mlp_params(64), RuleContext(64, 32, "sgd", options={"gamma0": 0.5}))
+    assert a == b
+
+
+def test_a_plain_rule_function_still_registers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bare ``(ParamSpec, RuleContext) -> ParamRule`` function (the registry's old
+    entries) works, asks nothing of the network and trains with any optimizer."""
+    from widthwise.parameterization import optimizer_problem
+    from widthwise.registry import Entry
+
+    def half(p: ParamSpec, ctx: RuleContext) -> ParamRule:
+        return ParamRule(0.5, 1.0, 1.0)
+
+    monkeypatch.setitem(PARAMETERIZATIONS._entries, "half", Entry("half", half, None, "half"))
+    assert rules_for("half", mlp_params(64), RuleContext(64, 64, "adam"))["l2.weight"] == (
+        ParamRule(0.5, 1.0, 1.0)
+    )
+    assert network_rules_for("half", RuleContext(64, 64, "adam")) == NetworkRules()
+    assert optimizer_problem("half", "adam", "adam") is None
+    assert "sgd" in (optimizer_problem("mf", "adamw", "adam") or "")
+
+
+def test_the_trainer_reads_centering_from_the_network_rules() -> None:
+    t = _trainer(64, {"name": "mf", "gamma0": 0.1, "center": True}, {"name": "sgd", "lr": 0.5})
+    assert t.network_rules.center and t.ensemble.center
+    t = _trainer(64, {"name": "mup"}, {"name": "sgd", "lr": 0.5})
+    assert not t.network_rules.center and not t.ensemble.center

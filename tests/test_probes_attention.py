@@ -60,7 +60,7 @@ def test_attention_shape_rows_and_values(strategy, heads):
     net = build_tiny_attention(16, (SEQ, 4), 1, TinyAttentionOptions(heads=heads))
     ctx = context(net, seeds=3, strategy=strategy)
     dims, a = attention_probe(ctx, AttentionOptions(points=4))["attention"]
-    assert dims == ("seed", "attn_layer", "attn_point", "head", "query", "key")
+    assert dims == ("seed", "attention_layer", "attention_point", "head", "query", "key")
     assert a.shape == (3, 1, 4, heads, SEQ, SEQ)
     np.testing.assert_allclose(a.sum(-1), 1.0, atol=1e-6)
     assert (a >= 0).all()
@@ -80,7 +80,7 @@ def test_attention_options_and_errors():
     assert a.shape[2] == 3  # no more points than the probe set has
     with pytest.raises(UserError, match="unknown layer.*'a9'.*a1"):
         attention_probe(ctx, AttentionOptions(layers=["a9"]))
-    assert attention_probe(ctx, AttentionOptions())["attn_layer"][0] == ("attn_layer",)
+    assert attention_probe(ctx, AttentionOptions())["attention_layer"][0] == ("attention_layer",)
     mlp = FAMILIES.get("mlp")(8, (SEQ * 4,), 1, MLPOptions())
     with pytest.raises(UserError, match="exposes no attention layers"):
         attention_probe(context(mlp, in_shape=(SEQ * 4,)), AttentionOptions())
@@ -103,10 +103,10 @@ def test_attention_end_to_end(tmp_path):
     ds = widthwise.open_study(out)
     a = ds["attention"]
     assert a.dims == (
-        "width", "seed", "attention_step", "attn_layer", "attn_point", "head", "query", "key"
+        "width", "seed", "attention_step", "attention_layer", "attention_point", "head", "query", "key"
     )  # fmt: skip
     assert a.shape == (2, 2, 3, 1, 2, 2, SEQ, SEQ)
     assert list(ds["attention_step"].values) == [0, 3, 6]
-    assert list(ds["attn_layer"].values) == ["a1"]
+    assert list(ds["attention_layer"].values) == ["a1"]
     np.testing.assert_allclose(a.sum("key"), 1.0, atol=1e-6)
-    assert ds["feature_kernel"].sizes["kpoint_i"] == 8
+    assert ds["feature_kernel"].sizes["kernels_point_i"] == 8

@@ -63,7 +63,7 @@ def test_kernel_is_phi_phi_t_over_width_symmetric_psd(strategy):
     ctx = context(48, seeds=3, strategy=strategy)
     opts = KernelOptions(points=24)
     dims, k = kernels_probe(ctx, opts)["feature_kernel"]
-    assert dims == ("seed", "kernel_layer", "kpoint_i", "kpoint_j")
+    assert dims == ("seed", "kernels_layer", "kernels_point_i", "kernels_point_j")
     assert k.shape == (3, 2, 24, 24) and k.dtype == np.float64
     taps = taps_of(ctx, 24)
     for li, layer in enumerate(("l1", "l2")):
@@ -82,9 +82,9 @@ def test_kernel_options_layers_features_points():
     assert k.shape == (2, 1, 10, 10)
     pre = taps_of(ctx)["preact/l2"]
     np.testing.assert_allclose(k[:, 0], np.einsum("ein,ejn->eij", pre, pre) / 32, rtol=1e-10)
-    dims, names = kernels_probe(ctx, opts)["kernel_layer"]  # a run-time coordinate
-    assert dims == ("kernel_layer",) and list(names) == ["l2"]
-    assert list(kernels_probe(ctx, KernelOptions())["kernel_layer"][1]) == ["l1", "l2"]
+    dims, names = kernels_probe(ctx, opts)["kernels_layer"]  # a run-time coordinate
+    assert dims == ("kernels_layer",) and list(names) == ["l2"]
+    assert list(kernels_probe(ctx, KernelOptions())["kernels_layer"][1]) == ["l1", "l2"]
 
 
 def test_kernel_unknown_layer_and_default_schedule():
@@ -141,8 +141,8 @@ def test_preacts_match_numpy_and_sum_to_count(width):
     ctx = context(width, seeds=2, points=30)
     opts = PreactOptions(range=(-1.0, 1.0), bins=7, points=25)
     out = preacts_probe(ctx, opts)
-    assert out["preact_hist"][0] == ("seed", "preact_layer", "preact_bin")
-    assert out["preact_sample"][0] == ("seed", "preact_layer", "preact_point", "preact_neuron")
+    assert out["preact_hist"][0] == ("seed", "preacts_layer", "preacts_bin")
+    assert out["preact_sample"][0] == ("seed", "preacts_layer", "preacts_point", "preacts_neuron")
     hist, under, over = (out[v][1] for v in ("preact_hist", "preact_underflow", "preact_overflow"))
     count = out["preact_count"][1]
     assert hist.shape == (2, 2, 7) and count.shape == (2, 2)
@@ -164,9 +164,9 @@ def test_preacts_match_numpy_and_sum_to_count(width):
 def test_preact_coords_are_fixed_by_options():
     opts = PreactOptions()
     coords = PROBES.get("preacts").coords(opts)
-    np.testing.assert_array_equal(coords["preact_bin_edge"][1], np.linspace(-5, 5, 61))
-    assert coords["preact_bin"][1].shape == (60,)
-    assert coords["preact_bin_edge"][0] == ("preact_edge",)
-    assert "preact_layer" not in coords  # layer names are recorded at run time
+    np.testing.assert_array_equal(coords["preacts_edge"][1], np.linspace(-5, 5, 61))
+    assert coords["preacts_bin"][1].shape == (60,)
+    assert coords["preacts_edge"][0] == ("preacts_edge",)
+    assert "preacts_layer" not in coords  # layer names are recorded at run time
     with pytest.raises(ValueError, match="lo < hi"):
         PreactOptions(range=(1.0, -1.0))

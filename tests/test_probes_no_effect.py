@@ -8,7 +8,6 @@ from conftest import tiny_spec_dict
 from tiny_attention_family import register
 
 import widthwise
-from widthwise.probes import PROBES
 
 LOSS_PROBES = {"train_loss": {"every": 1}, "test": {"every": 5}}
 
@@ -26,10 +25,9 @@ def test_all_probes_leave_the_trajectory_unchanged(tmp_path):
         **LOSS_PROBES,
         "kernels": {"every": 10, "layers": ["l2"], "points": 12},
         "preacts": {"steps": [0, 7, 30], "range": [-3, 3], "bins": 12},
+        "sharpness": {"at": ["init", "end"]},
+        "entk": {"at": ["init", "end"]},
     }
-    for other in ("sharpness", "entk"):  # written elsewhere; included once registered
-        if other in PROBES:
-            probes[other] = {"at": ["init", "end"]}
     base = run_study(tmp_path, "loss_only", LOSS_PROBES)
     full = run_study(tmp_path, "all_probes", probes)
     for var in ("train_loss", "test_loss", "test_logits"):
@@ -38,17 +36,19 @@ def test_all_probes_leave_the_trajectory_unchanged(tmp_path):
 
     # the probes' variables, with their dims and static coordinates
     k = full["feature_kernel"]
-    assert k.dims == ("width", "seed", "kernels_step", "kernel_layer", "kpoint_i", "kpoint_j")
+    assert k.dims == (
+        "width", "seed", "kernels_step", "kernels_layer", "kernels_point_i", "kernels_point_j"
+    )  # fmt: skip
     assert k.shape == (2, 2, 4, 1, 12, 12)
     assert list(full["kernels_step"].values) == [0, 10, 20, 30]
-    assert list(full["kernel_layer"].values) == ["l2"]
+    assert list(full["kernels_layer"].values) == ["l2"]
     h = full["preact_hist"]
-    assert h.dims == ("width", "seed", "preacts_step", "preact_layer", "preact_bin")
+    assert h.dims == ("width", "seed", "preacts_step", "preacts_layer", "preacts_bin")
     assert h.shape == (2, 2, 3, 2, 12)
-    assert list(full["preact_layer"].values) == ["l1", "l2"]  # recorded at run time
-    np.testing.assert_allclose(full["preact_bin_edge"].values, np.linspace(-3, 3, 13))
-    np.testing.assert_allclose(full["preact_bin"].values, np.linspace(-2.75, 2.75, 12))
-    total = h.sum("preact_bin") + full["preact_underflow"] + full["preact_overflow"]
+    assert list(full["preacts_layer"].values) == ["l1", "l2"]  # recorded at run time
+    np.testing.assert_allclose(full["preacts_edge"].values, np.linspace(-3, 3, 13))
+    np.testing.assert_allclose(full["preacts_bin"].values, np.linspace(-2.75, 2.75, 12))
+    total = h.sum("preacts_bin") + full["preact_underflow"] + full["preact_overflow"]
     np.testing.assert_array_equal(total.values, full["preact_count"].values)
     points = full.sizes["point"]
     np.testing.assert_array_equal(
@@ -56,9 +56,19 @@ def test_all_probes_leave_the_trajectory_unchanged(tmp_path):
     )
     s = full["preact_sample"]
     assert s.dims == (
-        "width", "seed", "preacts_step", "preact_layer", "preact_point", "preact_neuron"
+        "width", "seed", "preacts_step", "preacts_layer", "preacts_point", "preacts_neuron"
     )  # fmt: skip
     assert s.shape[-2:] == (8, 16) and np.isfinite(s.values).all()
+    sharp = full["sharpness"]
+    assert sharp.dims == ("width", "seed", "sharpness_step", "sharpness_eig")
+    assert list(full["sharpness_step"].values) == [0, 30] and np.isfinite(sharp.values).all()
+    assert full["entk"].dims[3:] == (
+        "entk_point_i",
+        "entk_output_i",
+        "entk_point_j",
+        "entk_output_j",
+    )
+    assert full["entk"].sizes["entk_point_i"] == points  # 64 asked, all 32 there are
 
 
 def test_attention_probe_leaves_the_trajectory_unchanged(tmp_path):

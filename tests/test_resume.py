@@ -66,19 +66,19 @@ class Interrupt(KeyboardInterrupt):
 
 def interrupt_at(monkeypatch: pytest.MonkeyPatch, width: int, step: int) -> None:
     """Make ``study.run`` raise (like Ctrl-C) once ``width`` has taken ``step`` updates."""
-    real = widthwise.study.train_width
+    real = widthwise.study.run_job
 
-    def train_width(spec: Any, w: int, *args: Any, on_step: Any = None, **kwargs: Any) -> Any:
-        if w != width:
-            return real(spec, w, *args, on_step=on_step, **kwargs)
+    def run_job(job: Any, on_step: Any = None) -> Any:
+        if job.width != width:
+            return real(job, on_step=on_step)
 
         def boom(done: int, total: int, loss: float) -> None:
             if done == step:
                 raise Interrupt(f"interrupted at step {step}")
 
-        return real(spec, w, *args, on_step=boom, **kwargs)
+        return real(job, on_step=boom)
 
-    monkeypatch.setattr(widthwise.study, "train_width", train_width)
+    monkeypatch.setattr(widthwise.study, "run_job", run_job)
 
 
 def count_train_steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -118,7 +118,7 @@ def test_resume_after_exception(
     assert "resume" in capsys.readouterr().err
     wd = WidthDir(out / f"width_{width:05d}")
     status = wd.read_status()
-    assert status["state"] == "failed" and status["step"] == step, status
+    assert status["state"] == "interrupted" and status["step"] == step, status
     # the interrupted study is readable as it stands, and agrees with the reference so far
     partial = widthwise.open_study(out)
     got = partial.train_loss.sel(width=width).dropna("step", how="all")

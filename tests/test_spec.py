@@ -349,12 +349,14 @@ INVALID_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "optimizer.momentum": st.one_of(st.floats(min_value=1.0), st.floats(max_value=-1e-3), WORD),
     "optimizer.weight_decay": st.one_of(st.floats(max_value=-1e-6), WORD),
     "parameterization": st.one_of(
-        WORD.filter(lambda s: s not in ("sp", "ntp", "mup")),
+        WORD.filter(lambda s: s not in ("sp", "ntp", "mup", "umup")),
         st.just({"name": "mf"}),
         st.builds(lambda g: {"name": "mup", "gamma0": g}, st.floats(0.1, 10)),
     ),
     "parameterization.name": st.one_of(
-        WORD.filter(lambda s: s not in ("sp", "ntp", "mup", "mf")), st.integers(), st.none()
+        WORD.filter(lambda s: s not in ("sp", "ntp", "mup", "mf", "umup")),
+        st.integers(),
+        st.none(),
     ),
     "parameterization.sigma": st.one_of(st.floats(max_value=0.0), WORD),
     "schedule": st.one_of(
@@ -520,3 +522,127 @@ def test_hash_of_a_study_made_before_the_newer_keys_is_unchanged() -> None:
     assert validate_spec(tiny_spec_dict("/elsewhere", executor="processes")).hash() == spec.hash()
     assert validate_spec(tiny_spec_dict(mixed_precision="bf16")).hash() != spec.hash()
     assert validate_spec(tiny_spec_dict(deterministic=True)).hash() != spec.hash()
+
+
+# -- parameterization options and stream losses (issue 11, items 2 and 7) -------------
+
+# hashes of the tiny spec in each legacy parameterization form, computed before options
+# became the parameterization's own: existing studies must still resume
+LEGACY_PARAMETERIZATIONS: list[tuple[Any, str]] = [
+    ("mup", "ab8f1f43e6ef78f5"),
+    ({"name": "mf", "gamma0": 1.0, "center": True}, "ab7e782abf1a536c"),
+    ({"name": "mup", "readout_zero_init": True}, "582391b5afdefe49"),
+    ({"name": "sp", "sigma": 2.0}, "cfbe68c3974d5d05"),
+]
+
+
+@pytest.mark.parametrize(("param", "pinned"), LEGACY_PARAMETERIZATIONS)
+def test_legacy_parameterization_forms_keep_their_hash(param: Any, pinned: str) -> None:
+    spec = validate_spec(tiny_spec_dict(parameterization=param))
+    dump = spec.parameterization.model_dump()
+    assert set(dump) == {
+        "name",
+        "sigma",
+        "gamma0",
+        "center",
+        "readout_zero_init",
+        "query_zero_init",
+    }
+    assert spec.hash() == pinned
+    # the same spec read back from its dump (as a study directory stores it)
+    assert validate_spec(spec.model_dump(mode="json")).hash() == spec.hash()
+
+
+def test_mf_options_reach_the_rules() -> None:
+    spec = validate_spec(tiny_spec_dict(parameterization={"name": "mf", "gamma0": 0.5}))
+    opts = spec.parameterization.options()
+    assert (opts.gamma0, opts.center) == (0.5, False)
+    assert validate_spec(tiny_spec_dict()).parameterization.options().readout_zero_init is False
+
+
+def test_parameterization_problems_are_all_reported(capsys: pytest.CaptureFixture[str]) -> None:
+    raw = tiny_spec_dict(
+        parameterization={"name": "sp", "center": True, "readout_zero_init": True},
+        loss="cross_entropy",
+    )
+    raw["probes"]["test"] = {"evry": 3}
+    with pytest.raises(SpecError) as err:
+        validate_spec(raw)
+    line = str(err.value)
+    for needle in (
+        "parameterization.center: 'sp' takes no options",
+        "parameterization.readout_zero_init: 'sp' takes no options",
+        "loss: stream 'gegenbauer' has real-valued targets",
+        "probes.test.evry",
+    ):
+        assert needle in line, (needle, line)
+    assert "\n" not in line
+
+
+def test_validation_builds_no_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loss is checked against the stream's declared loss: no stream is built, no
+    data read, and a stream that would fail to load hides no other problem."""
+    import dataclasses
+
+    from widthwise.streams import STREAMS
+
+    def boom(*args: Any) -> Any:
+        raise AssertionError("validation built the stream")
+
+    for name in ("gegenbauer", "text"):
+        entry = STREAMS.entry(name)
+        monkeypatch.setitem(STREAMS._entries, name, dataclasses.replace(entry, obj=boom))
+    assert validate_spec(tiny_spec_dict(loss="mse")).loss == "mse"
+    with pytest.raises(SpecError, match="loss: stream 'gegenbauer'"):
+        validate_spec(tiny_spec_dict(loss="cross_entropy"))
+    text = tiny_spec_dict(loss="cross_entropy", data={"stream": "text", "options": {}})
+    assert validate_spec(text).loss == "cross_entropy"
+
+
+def test_declared_loss_is_the_built_streams_loss() -> None:
+    from widthwise.streams import STREAMS, declared_loss
+
+    for name in ("gegenbauer", "teacher", "teacher_images", "mnist1d"):
+        options = STREAMS.validate_options(name, {})
+        assert declared_loss(name, options) == STREAMS.get(name)(0, options).loss, name
+    for name in STREAMS.names():  # every built-in declares one (tests' plug-ins may not)
+        entry = STREAMS.entry(name)
+        if not entry.obj.__module__.startswith("widthwise."):
+            continue
+        loss = entry.traits.get("loss")
+        assert loss in ("mse", "cross_entropy") or callable(loss), name
+
+
+def test_a_stream_loss_may_depend_on_its_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream declares ``loss=`` as a function of its validated options."""
+    from pydantic import BaseModel, ConfigDict
+
+    from widthwise.registry import Entry
+    from widthwise.streams import STREAMS
+
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        regression: bool = False
+
+    def loss(options: Options) -> str:
+        return "mse" if options.regression else "cross_entropy"
+
+    entry = Entry("either", lambda seed, o: None, Options, "", {"loss": loss})
+    monkeypatch.setitem(STREAMS._entries, "either", entry)
+    data = {"stream": "either", "options": {"regression": False}}
+    assert validate_spec(tiny_spec_dict(loss="cross_entropy", data=data)).loss == "cross_entropy"
+    data = {"stream": "either", "options": {"regression": True}}
+    with pytest.raises(SpecError, match="loss: stream 'either' has real-valued targets"):
+        validate_spec(tiny_spec_dict(loss="cross_entropy", data=data))
+
+
+def test_a_stream_without_a_declared_loss_is_checked_when_built() -> None:
+    """Plug-ins that declare no loss are checked by the trainer (one line naming loss)."""
+    from widthwise.errors import UserError
+    from widthwise.streams import STREAMS, training_loss
+
+    stream = STREAMS.get("gegenbauer")(0, STREAMS.validate_options("gegenbauer", {}))
+    assert training_loss(None, stream) == "mse"
+    assert training_loss("mse", stream) == "mse"
+    with pytest.raises(UserError, match="^loss: "):
+        training_loss("cross_entropy", stream)

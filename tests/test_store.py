@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,13 @@ from conftest import tiny_spec_dict, write_spec
 
 import widthwise
 from widthwise.cli import main
+from widthwise.dataset_schema import (
+    SCHEMAS,
+    declared_dims,
+    declared_vars,
+    follows_naming_rule,
+    legacy_dims,
+)
 from widthwise.errors import StoreError
 from widthwise.spec import load_spec
 from widthwise.study import build_stream
@@ -376,3 +386,150 @@ def test_users_spec_file_in_out_dir_is_not_overwritten(
     assert "not empty" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["spec.yaml"]
     assert (out / "spec.yaml").read_text() == text
+
+
+# -- the schema as data; stores of earlier versions -----------------------------------
+
+FIXTURES = Path(__file__).parent / "fixtures" / "store_v1"
+"""Studies written by widthwise 0.1.0 before the dims were renamed (store format 1;
+``checkpoint.pt`` of the transformer dropped): every probe, old dim names."""
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+
+
+def assert_declared(ds: xr.Dataset) -> None:
+    """Every dim and variable of ``ds`` is declared, each variable with its declared dims."""
+    dims, variables = declared_dims(), declared_vars()
+    assert set(ds.dims) <= set(dims), set(ds.dims) - set(dims)
+    for name, da in ds.data_vars.items():
+        v = variables[name]
+        assert da.dims in (v.dims, v.alt_dims), (name, da.dims)
+        assert da.attrs["description"] == v.meaning and da.attrs["units"] == v.units, name
+    for name, dim in dims.items():
+        if dim.index_of and name in ds.dims:  # a probe's points are the first probe points
+            assert ds[name].values.tolist() == list(range(ds.sizes[name])), name
+            assert ds.sizes[name] <= ds.sizes[dim.index_of], name
+
+
+def test_store_v1_mlp_opens_under_the_current_names() -> None:
+    ds = widthwise.open_study(FIXTURES / "mlp")
+    assert ds.attrs["skipped_records"] == 0 and ds.status.values.tolist() == ["done", "done"]
+    assert not set(legacy_dims()) & (set(ds.dims) | set(ds.variables))
+    assert_declared(ds)
+    k = ds.feature_kernel
+    assert k.dims == (
+        "width", "seed", "kernels_step", "kernels_layer", "kernels_point_i", "kernels_point_j"
+    )  # fmt: skip
+    assert k.shape == (2, 2, 2, 2, 4, 4) and ds.kernels_layer.values.tolist() == ["l1", "l2"]
+    np.testing.assert_allclose(k.values, k.transpose(..., "kernels_point_j", "kernels_point_i"))
+    # the kernel's points join the targets by name
+    y = ds.test_target.sel(point=ds.kernels_point_i)
+    assert y.dims == ("kernels_point_i", "output")
+    np.testing.assert_array_equal(y.values, ds.test_target.values[:4])
+    h = ds.preact_hist
+    assert h.dims == ("width", "seed", "preacts_step", "preacts_layer", "preacts_bin")
+    np.testing.assert_allclose(ds.preacts_edge.values, np.linspace(-5, 5, 7))
+    np.testing.assert_allclose(ds.preacts_bin.values, np.linspace(-5, 5, 7)[:-1] + 5 / 6)
+    total = h.sum("preacts_bin") + ds.preact_underflow + ds.preact_overflow
+    np.testing.assert_array_equal(total.values, ds.preact_count.values)
+    np.testing.assert_array_equal(ds.preact_count.sel(width=16).values, 6.0 * 16)  # points × width
+    assert ds.preact_sample.dims[-2:] == ("preacts_point", "preacts_neuron")
+    assert ds.entk.dims[3:] == ("entk_point_i", "entk_output_i", "entk_point_j", "entk_output_j")
+    assert ds.entk_layer.values.tolist() == ["l1", "l2", "out"]
+    np.testing.assert_allclose(ds.entk_per_layer.sum("entk_layer"), ds.entk, rtol=1e-5)
+    assert ds.sharpness.dims == ("width", "seed", "sharpness_step", "sharpness_eig")
+    assert (ds.sharpness.isel(sharpness_eig=0) >= ds.sharpness.isel(sharpness_eig=1)).all()
+
+
+def test_store_v1_transformer_opens_under_the_current_names() -> None:
+    ds = widthwise.open_study(FIXTURES / "transformer")
+    assert ds.attrs["skipped_records"] == 0
+    assert_declared(ds)
+    a = ds.attention
+    assert a.dims == (
+        "width", "seed", "attention_step", "attention_layer", "attention_point",
+        "head", "query", "key",
+    )  # fmt: skip
+    assert ds.attention_layer.values.tolist() == ["b1"]
+    np.testing.assert_allclose(a.sum("key"), 1.0, atol=1e-6)
+    assert ds.test_label.dims == ("point", "position")
+    assert ds.test_logits.dims == ("width", "seed", "test_step", "point", "position", "output")
+    assert ds.entk.dims == ("width", "seed", "entk_step", "entk_point_i", "entk_point_j")
+    labels = ds.test_label.sel(point=ds.attention_point)
+    assert labels.dims == ("attention_point", "position") and labels.shape == (2, 4)
+
+
+def test_a_new_run_writes_declared_names(study: tuple[Path, Path]) -> None:
+    ds = widthwise.open_study(study[1])
+    assert_declared(ds)
+    for name in ds.data_vars:
+        assert ds[name].attrs["description"], name
+
+
+def test_declared_dims_follow_the_naming_rule() -> None:
+    seen: dict[str, object] = {}
+    for schema in SCHEMAS.values():
+        for d in schema.dims:
+            assert follows_naming_rule(schema, d.name), (schema.name, d.name)
+            assert seen.setdefault(d.name, d) == d, f"{d.name} declared twice, differently"
+        for v in schema.variables:
+            for dims in (v.dims, v.alt_dims) if v.alt_dims else (v.dims,):
+                assert set(dims) <= set(declared_dims()), (v.name, dims)
+                if schema.step_dim is not None:
+                    assert dims[:3] == ("width", "seed", schema.step_dim), v.name
+    assert follows_naming_rule(SCHEMAS["kernels"], "kernels_point_i")
+    assert not follows_naming_rule(SCHEMAS["kernels"], "kpoint_i")
+    assert not follows_naming_rule(SCHEMAS["kernels"], "preacts_bin")  # another probe's prefix
+
+
+def test_every_builtin_probe_declares_its_schema() -> None:
+    code = (
+        "import widthwise.store.open; from widthwise.probes import PROBES; "
+        "from widthwise.dataset_schema import SCHEMAS; "
+        "print(sorted(set(PROBES.names()) - set(SCHEMAS)), sorted(SCHEMAS))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    missing, declared = out.stdout.strip().split("] ", 1)
+    assert missing == "[", f"probes without a declared schema: {missing}]"
+    assert "'study'" in declared
+
+
+def test_docs_use_the_current_dim_names() -> None:
+    """Earlier names appear only in dataset.md's table of them."""
+    texts = {p: p.read_text() for p in [*DOCS.glob("*.md"), *ROOT.glob("examples/paper/*.py")]}
+    for path, text in texts.items():
+        if path.name == "dataset.md":
+            text = text.split("### Dims of stores written by earlier versions")[0]
+        for old in [*legacy_dims(), "preact_bin_edge"]:
+            assert not re.search(rf"\b{old}\b", text), f"{path.name} still says {old!r}"
+
+
+def test_probes_doc_states_the_declared_dims() -> None:
+    """probes.md's per-probe tables (hand-written) give each variable its declared dims."""
+    rows = re.findall(
+        r"^\| `([a-z_]+)` \| \(([a-z_, ]+)\) \|", (DOCS / "probes.md").read_text(), re.M
+    )
+    assert len(rows) >= 12
+    variables = declared_vars()
+    for name, dims in rows:
+        v = variables[name]
+        assert tuple(dims.split(", ")) in (v.dims, v.alt_dims), name
+
+
+def _documented_keys(heading: str) -> set[str]:
+    """The keys of the table that follows ``heading`` in docs/dataset.md."""
+    table = (DOCS / "dataset.md").read_text().split(heading, 1)[1].split("\n\n", 2)[1]
+    keys: set[str] = set()
+    for row in table.splitlines()[2:]:
+        keys.update(re.findall(r"`([a-z_0-9]+)`", row.split("|")[1]))
+    return keys
+
+
+def test_status_and_checkpoint_contents_are_documented(study: tuple[Path, Path]) -> None:
+    for width in WIDTHS:
+        wd = study[1] / f"width_{width:05d}"
+        status = json.loads((wd / "status.json").read_text())
+        documented = _documented_keys("`status.json` (rewritten")
+        assert set(status) <= documented and documented - set(status) <= {"error"}
+        state = torch.load(wd / "checkpoint.pt", weights_only=True)
+        assert set(state) == _documented_keys("`checkpoint.pt` (a mapping")

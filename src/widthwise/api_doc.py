@@ -42,7 +42,16 @@ SECTIONS: tuple[tuple[str, tuple[str, ...] | None, str], ...] = (
     ),
     (
         "widthwise.parameterization",
-        ("Role", "ParamSpec", "RuleContext", "ParamRule", "rules_for"),
+        (
+            "Role",
+            "ParamSpec",
+            "RuleContext",
+            "ParamRule",
+            "rules_for",
+            "Parameterization",
+            "NetworkRules",
+            "network_rules_for",
+        ),
         "tensor roles and rules ([parameterizations.md](parameterizations.md))",
     ),
     ("widthwise.streams", ("Stream", "rng_for"), "data streams ([streams.md](streams.md))"),

@@ -1,16 +1,20 @@
 """The ``widthwise`` command line: run, show, list, coord-check, report, compare.
 
 Exit codes: 0 success; 2 bad input (one line on stderr naming what is wrong, no
-traceback); 130 interrupted (the run resumes where its last checkpoint left it).
+traceback); 130 interrupted by Ctrl-C, 143 stopped by SIGTERM (either way the run
+resumes where its last checkpoint left it).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import yaml
@@ -18,9 +22,10 @@ from rich.console import Console
 from rich.table import Table
 
 from widthwise.errors import UserError
-from widthwise.show import print_show
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,25 +33,15 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message}")
 
 
-def _spec_executor(spec: str) -> object:
-    """The ``executor`` value of a spec file as written (None if it cannot be read)."""
-    from widthwise.spec import resolve_spec_path
-
-    try:
-        raw = yaml.safe_load(resolve_spec_path(spec).read_text())
-    except (UserError, OSError, yaml.YAMLError, UnicodeDecodeError):
-        return None  # load_spec reports the problem
-    return raw.get("executor") if isinstance(raw, dict) else None
-
-
 def import_plugins(modules: Sequence[str]) -> None:
     """Import the modules of ``--import`` (they register families, streams, probes).
 
-    The current directory is searched first, as ``python -m`` would; a module that
-    fails to import is one line naming it and the error.
+    The current directory is searched too, but last: a file in it never shadows an
+    installed module (``numpy.py`` in a shared directory is not imported as numpy);
+    a module that fails to import is one line naming it and the error.
     """
     if modules and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+        sys.path.append(os.getcwd())
     for name in modules:
         try:
             importlib.import_module(name)
@@ -57,36 +52,45 @@ def import_plugins(modules: Sequence[str]) -> None:
 
 
 def _cmd_run(args: argparse.Namespace, console: Console) -> int:
-    from widthwise.executors import executor_override
+    from widthwise.executors import ExecutorFlags
+    from widthwise.memory import keep_freed_memory
+    from widthwise.overrides import parse_widths
     from widthwise.spec import load_spec
     from widthwise.study import dry_run, run
 
     import_plugins(args.imports)
-    overrides: dict[str, object] = {"out": args.out, "device": args.device}
-    if any(v is not None for v in (args.executor, args.workers, args.address)) or args.imports:
-        overrides["executor"] = executor_override(
-            _spec_executor(args.spec),
-            args.executor,
-            workers=args.workers,
-            address=args.address,
-            imports=args.imports,
-        )
-    spec = load_spec(args.spec, **overrides)
+    keep_freed_memory()  # this process is ours: let CPU ensembles reuse freed memory
+    flags = ExecutorFlags(args.executor, args.workers, args.address, tuple(args.imports))
+    sets = list(args.sets)
+    sets += [f"steps={args.steps}"] if args.steps is not None else []
+    sets += [f"seeds={args.seeds}"] if args.seeds is not None else []
+    sets += [f"widths={parse_widths(args.widths)}"] if args.widths is not None else []
+    spec = load_spec(args.spec, out=args.out, device=args.device, executor=flags or None, sets=sets)
     if args.dry_run:
-        print(dry_run(spec))
+        print(dry_run(spec, trusted_imports=args.imports))
         return 0
     console.print(
         f"[bold]{spec.name}[/]: {spec.model.family} × {spec.parameterization.name}, "
         f"widths {spec.widths}, {len(spec.seed_list)} seeds, {spec.steps} steps → {spec.out_dir()}"
         + (f" (executor {spec.executor.name})" if spec.executor.name != "local" else "")
     )
-    out = run(spec, progress=not args.quiet, console=Console(stderr=True))
+    out = run(
+        spec,
+        progress=not args.quiet,
+        console=Console(stderr=True),
+        allow_code=args.allow_code,
+        trusted_imports=args.imports,
+    )
+    from widthwise.show import print_show
+
     print_show(out, console)
     console.print(f"Results in [bold]{out}[/]  (Python: widthwise.open_study({str(out)!r}))")
     return 0
 
 
 def _cmd_show(args: argparse.Namespace, console: Console) -> int:
+    from widthwise.show import print_show
+
     print_show(Path(args.dir), console)
     return 0
 
@@ -105,7 +109,7 @@ def _cmd_list(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_coord_check(args: argparse.Namespace, console: Console) -> int:
-    from widthwise.coord_check import coord_check
+    from widthwise.coordinate_check import coord_check
     from widthwise.spec import load_spec
 
     import_plugins(args.imports)
@@ -152,6 +156,12 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _non_empty(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a directory name, got {text!r}")
+    return text
+
+
 def _positive_int(text: str) -> int:
     value = _non_negative_int(text)
     if value == 0:
@@ -175,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
     r = sub.add_parser("run", help="run or resume a study (a YAML spec or a bundled name)")
     r.add_argument("spec", help="path to a study YAML, or a bundled name (widthwise list)")
-    r.add_argument("--out", help="study directory (default: runs/<name>)")
+    r.add_argument("--out", type=_non_empty, help="study directory (default: runs/<name>)")
     r.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the spec's)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument(
@@ -192,6 +202,24 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print what would run (slurm: the job script) and write nothing",
     )
+    r.add_argument("--steps", type=str, help="override the spec's steps (a cheap first try)")
+    r.add_argument("--widths", help="override the widths, e.g. 64,128,256")
+    r.add_argument("--seeds", type=str, help="override the seed count")
+    r.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="set any spec key (value read as YAML), e.g. optimizer.lr=0.05; repeatable; "
+        "recorded in the study's spec",
+    )
+    r.add_argument(
+        "--allow-code",
+        action="store_true",
+        help="let the spec run code: executor setup lines, Ray runtime_env, worker imports "
+        "(docs/security.md); only for specs you trust",
+    )
     _add_import_flag(r)
     r.set_defaults(fn=_cmd_run)
     s = sub.add_parser("show", help="per-width table of a study directory")
@@ -207,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(fn=_cmd_coord_check)
     rp = sub.add_parser("report", help="HTML report, figures and CSV of a study directory")
     rp.add_argument("dir", help="study directory")
-    rp.add_argument("--out", help="report directory (default: DIR/report)")
+    rp.add_argument("--out", type=_non_empty, help="report directory (default: DIR/report)")
     rp.add_argument("--tol", type=float, default=0.05, help="relative verdict tolerance")
     cc = rp.add_mutually_exclusive_group()
     cc.add_argument(
@@ -221,14 +249,86 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(fn=_cmd_report, coord_check=False)
     cm = sub.add_parser("compare", help="overlay studies that differ in one setting")
     cm.add_argument("dirs", nargs="+", metavar="DIR", help="two or more study directories")
-    cm.add_argument("--out", required=True, help="report directory")
+    cm.add_argument("--out", type=_non_empty, required=True, help="report directory")
     cm.set_defaults(fn=_cmd_compare)
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    console = Console()
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, systemd, Docker, Slurm preemption), handled as Ctrl-C:
+    the current width records that it was interrupted, its lock is released, and the
+    study resumes from its last checkpoint when run again."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` during the block (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+COMMAND_MODULES = {
+    "run": ("widthwise.study", "widthwise.show", "widthwise.job"),
+    "show": ("widthwise.show",),
+    "list": ("widthwise.spec",),
+    "coord-check": ("widthwise.coordinate_check", "widthwise.spec"),
+    "report": ("widthwise.report",),
+    "compare": ("widthwise.report",),
+}
+"""What each command imports before it starts (with stop signals deferred)."""
+
+
+def _preload(modules: Sequence[str]) -> None:
+    """Import ``modules`` with SIGINT and SIGTERM deferred to the end of the imports.
+
+    An interrupt inside a C extension's import (numpy, torch) leaves the module half
+    initialised, and a later import then fails with a traceback that is not the
+    user's fault; so a stop request during start-up is acted on once the imports are
+    done, before anything is read or written.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        for name in modules:
+            importlib.import_module(name)
+        return
+    pending: list[int] = []
+    handlers = {
+        sig: signal.signal(sig, lambda signum, frame: pending.append(signum))
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        for name in modules:
+            importlib.import_module(name)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    if signal.SIGTERM in pending:
+        raise Terminated()
+    if pending:
+        raise KeyboardInterrupt()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; returns the exit code (0 ok, 2 bad input, 130 Ctrl-C, 143 SIGTERM)."""
+    try:
+        with _sigterm_as_interrupt():
+            return _main(argv)
+    except KeyboardInterrupt as err:  # also while the handler is being set or restored
+        return _interrupted(err)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    try:
+        console = Console()
         parser = build_parser()
         # unknown flags are named even when the command is missing (parse_args would
         # only say "a command is required")
@@ -240,13 +340,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "a command is required: run, show, list, coord-check, report or compare "
                 "(see --help)"
             )
+        _preload(COMMAND_MODULES.get(args.command, ()))
         return args.fn(args, console)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        return _interrupted(err)
+
+
+def _interrupted(err: KeyboardInterrupt) -> int:
+    if isinstance(err, Terminated):
+        print("stopped by SIGTERM; run the same command again to resume", file=sys.stderr)
+        return EXIT_TERMINATED
+    print("interrupted; run the same command again to resume", file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -7,11 +7,11 @@ act elementwise, so each slice evolves exactly as an independent model would.
 
 Two forward strategies compute the same function:
 
-``vmap``  batched over the seed dim. For the MLP (:data:`STACKED_FAMILIES`) the
-          family's own ``apply`` runs on the stacked weights, each ``F.linear``
-          becoming one matmul for all members (the first layer, whose input all
-          members share, one plain ``mm``; later layers one ``bmm``); for other
-          families one ``torch.func.vmap`` over the seed dim.
+``vmap``  batched over the seed dim. For a stackable network (``Network.stackable``:
+          the MLP) the family's own ``apply`` runs on the stacked weights, each
+          ``F.linear`` becoming one matmul for all members (the first layer, whose
+          input all members share, one plain ``mm``; later layers one ``bmm``); for
+          other families one ``torch.func.vmap`` over the seed dim.
 ``loop``  a Python loop over members with plain matmuls on unbound slices.
 
 ``auto`` picks by a fixed rule measured with ``benchmarks/ensemble.py`` (see
@@ -19,16 +19,13 @@ Two forward strategies compute the same function:
 so a resumed run always uses the strategy it started with and reproduces its
 numbers bit for bit.
 
-On a CPU, building an ensemble also asks glibc to keep freed memory for reuse
-(:func:`keep_freed_memory`): otherwise every step page-faults its stacked
-gradients in anew, which costs the ensemble what E small models never pay.
+Building an ensemble changes nothing outside it: the glibc malloc tuning that makes
+CPU ensembles faster is opt-in (:func:`widthwise.memory.keep_freed_memory`; the
+command line and the worker processes widthwise starts switch it on).
 """
 
 from __future__ import annotations
 
-import ctypes
-import os
-import sys
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -40,22 +37,19 @@ from torch import Tensor
 from widthwise.families.base import Network
 from widthwise.losses import LossName
 from widthwise.parameterization import ParamRule
+from widthwise.torch_compat import torch_function_mode_active
 
 Strategy = Literal["vmap", "loop"]
 
-# Families whose ``apply`` uses its weights only through ``F.linear`` on (batch,
-# features) inputs: they run batched on the stacked weights directly (``vmap``
-# strategy without torch.func; see _Stacked).
-STACKED_FAMILIES = frozenset({"mlp"})
-
 
 def choose_strategy(
-    requested: str, width: int, device: torch.device, family: str | None = None
+    requested: str, width: int, device: torch.device, stackable: bool = False
 ) -> Strategy:
     """The forward strategy for ``requested`` in {auto, vmap, loop}.
 
-    ``auto``: ``vmap`` off the CPU and for stacked families (batched matmuls on the
-    stacked weights are never slower than the loop there: benchmarks/RESULTS.md);
+    ``auto``: ``vmap`` off the CPU and for stackable networks (``Network.stackable``,
+    run on the stacked weights by :class:`_Stacked`: batched matmuls on the stacked
+    weights are never slower than the loop there: benchmarks/RESULTS.md);
     ``loop`` for every other family on a CPU, where torch.func.vmap's batched
     convolutions and attention lost to the per-member loop in 22 of 24 measured
     settings (benchmarks/RESULTS.md, families). A pure function of its arguments,
@@ -63,7 +57,7 @@ def choose_strategy(
     """
     if requested in ("vmap", "loop"):
         return requested  # type: ignore[return-value]
-    if device.type != "cpu" or family in STACKED_FAMILIES:
+    if device.type != "cpu" or stackable:
         return "vmap"
     return "loop"
 
@@ -122,41 +116,6 @@ def _stacked_linear(x: Tensor, weight: _Stacked, bias: _Stacked | None = None) -
     return yt.transpose(1, 2)
 
 
-# glibc returns freed memory to the system eagerly: blocks above its mmap threshold
-# (at most 32 MiB) are unmapped on free, and the top of the heap is trimmed past
-# M_TRIM_THRESHOLD, so every training step page-faults its fresh stacked gradients
-# in anew: ~25 ms per 64 MiB gradient, which made a width-1024, 16-seed step 1.2×
-# slower on the 2-core CPU (benchmarks/RESULTS.md); E separate models of 4 MiB
-# tensors never pay this.
-_malloc_tuned: bool | None = None  # None: not tried yet
-
-
-def keep_freed_memory() -> bool:
-    """Let glibc reuse freed large blocks instead of unmapping them (process-wide, once).
-
-    Sets ``M_MMAP_MAX = 0`` and ``M_TRIM_THRESHOLD = 2 GiB``: big tensors come from
-    the heap and freed ones are reused, at the price of the process keeping its peak
-    heap. Skipped off Linux/glibc or when the user tunes malloc (``MALLOC_*`` or
-    ``GLIBC_TUNABLES`` in the environment). Returns whether the settings are in effect.
-    """
-    global _malloc_tuned
-    if _malloc_tuned is None:
-        _malloc_tuned = False
-        if sys.platform.startswith("linux") and not any(
-            k.startswith("MALLOC_") or k == "GLIBC_TUNABLES" for k in os.environ
-        ):
-            try:
-                mallopt = ctypes.CDLL("libc.so.6").mallopt
-            except (OSError, AttributeError):
-                return False
-            mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-            m_trim_threshold, m_mmap_max = -1, -4
-            _malloc_tuned = bool(mallopt(m_mmap_max, 0)) and bool(
-                mallopt(m_trim_threshold, 2**31 - 1)
-            )
-    return _malloc_tuned
-
-
 def member_generator(seed: int, width: int) -> torch.Generator:
     """The generator of seed ``seed`` at ``width``: independent of how many seeds run."""
     state = np.random.SeedSequence([seed, width, 0x5EED]).generate_state(2, dtype=np.uint32)
@@ -205,11 +164,9 @@ class Ensemble:
         self.loss = loss
         self.device = device
         self.dtype = dtype
-        self.strategy = choose_strategy(strategy, network.width, device, network.family)
+        self.strategy = choose_strategy(strategy, network.width, device, network.stackable)
         self.center = center
         self.params0: dict[str, Tensor] | None = None
-        if device.type == "cpu":
-            keep_freed_memory()
         self._vmapped = torch.func.vmap(self._apply_member, in_dims=(0, None, None))
 
     @property
@@ -242,7 +199,7 @@ class Ensemble:
         if self.strategy == "vmap":
             # Under someone else's TorchFunctionMode (e.g. a probe intercepting F.linear)
             # the family must see per-member tensors, as torch.func.vmap shows them.
-            if self.network.family in STACKED_FAMILIES and not torch._C._len_torch_function_stack():
+            if self.network.stackable and not torch_function_mode_active():
                 return self._stacked(params, x, taps)
             return self._vmapped(params, x, taps)
         names = list(params)

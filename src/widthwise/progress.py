@@ -8,7 +8,6 @@ the last logged training loss). Widths finished before the run show full bars.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -25,35 +24,23 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from widthwise.trainer import ProgressFn
+from widthwise.store.width_dir import WidthDir
+
+ProgressFn = Callable[[int, int, float], None]
+"""``on_step(step, total, loss)``: a run in this process took ``step`` of ``total`` updates."""
 
 WatchFn = Callable[[int, float, str], None]
 """``watch(step, loss, state)``: coarse update of a width run elsewhere."""
 
 
-def last_train_loss(width_dir: str | os.PathLike[str], tail_bytes: int = 16384) -> float:
+def last_train_loss(width_dir: str | os.PathLike[str]) -> float:
     """Mean over live seeds of the last logged ``train_loss`` of a width (NaN if none).
 
-    Reads only the end of ``scalars.jsonl``, so polling it is cheap.
+    Reads only the end of the width's scalar log, so polling it is cheap.
     """
-    path = Path(width_dir) / "scalars.jsonl"
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - tail_bytes))
-            lines = f.read().split(b"\n")
-    except OSError:
-        return float("nan")
-    for raw in reversed(lines):
-        try:
-            rec = json.loads(raw)
-            values = [float(v) for v in rec["vars"]["train_loss"] if v is not None]
-        except (ValueError, KeyError, TypeError):
-            continue
-        live = [v for v in values if math.isfinite(v)]
-        return sum(live) / len(live) if live else float("nan")
-    return float("nan")
+    last = WidthDir(Path(width_dir)).last_scalar("train_loss", "train_loss")
+    live = [v for v in (last[1] if last else []) if math.isfinite(v)]
+    return sum(live) / len(live) if live else float("nan")
 
 
 class StudyProgress:

@@ -6,14 +6,18 @@ Families, streams, probes, parameterizations and executors are each a
     @FAMILIES.register("my_mlp", options=MyOptions)
     def build_my_mlp(width: int, options: MyOptions) -> Model: ...
 
+Keyword arguments beyond ``options`` and ``description`` are the entry's *traits*:
+facts declared as data that the core reads without calling the entry (a stream's
+``loss``, a family's ``network_rules``); each registry documents its own.
+
 Lookup of an unknown name raises a :class:`~widthwise.errors.UserError` that lists
 what is available, so a typo in a spec teaches the right spelling.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
@@ -25,12 +29,13 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Entry(Generic[T]):
-    """A registered object plus the pydantic model that validates its options."""
+    """A registered object, the pydantic model that validates its options, and its traits."""
 
     name: str
     obj: T
     options: type[BaseModel] | None
     description: str
+    traits: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Registry(Generic[T]):
@@ -41,15 +46,23 @@ class Registry(Generic[T]):
         self._entries: dict[str, Entry[T]] = {}
 
     def register(
-        self, name: str, *, options: type[BaseModel] | None = None, description: str = ""
+        self,
+        name: str,
+        *,
+        options: type[BaseModel] | None = None,
+        description: str = "",
+        **traits: Any,
     ) -> Callable[[T], T]:
-        """Decorator adding ``obj`` under ``name``; a name may be registered once."""
+        """Decorator adding ``obj`` under ``name``; a name may be registered once.
+
+        ``traits`` are stored on the entry as declared (e.g. ``loss="mse"`` for a stream).
+        """
 
         def add(obj: T) -> T:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
             doc = description or (getattr(obj, "__doc__", None) or "").strip().split("\n")[0]
-            self._entries[name] = Entry(name, obj, options, doc)
+            self._entries[name] = Entry(name, obj, options, doc, dict(traits))
             return obj
 
         return add

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+
+SCHEDULE_KEYS = ("every", "steps", "log_spaced", "at")
+"""The keys of a :class:`Schedule` that choose steps."""
 
 
 class Schedule(BaseModel):
@@ -16,16 +19,44 @@ class Schedule(BaseModel):
     step ``steps`` the final one. ``every: k`` gives 0, k, 2k, ... (and the end);
     ``steps`` an explicit list; ``log_spaced: n`` about n steps spaced
     logarithmically from 1 to the end (plus 0); ``at`` names ``init``/``end``.
+
+    A probe's options model may set ``default_schedule`` (e.g. ``{"at": ["init",
+    "end"]}``): it applies only when the options set none of the four schedule keys,
+    so ``{every: 100}`` means exactly every 100 steps (and the end), nothing more.
+    Without a default, a schedule must set one of them.
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    every: int | None = Field(None, gt=0, description="every k-th step: 0, k, 2k, ... and the end")
-    steps: list[int] | None = Field(None, description="explicit steps (0 = init)")
-    log_spaced: int | None = Field(
-        None, gt=0, description="about n log-spaced steps from 1 to the end, plus 0"
+    default_schedule: ClassVar[dict[str, Any] | None] = None
+    """The schedule used when the options set none of every/steps/log_spaced/at."""
+
+    # strict ints: ``every: "5"`` and ``every: true`` are not 5 and 1
+    every: StrictInt | None = Field(
+        None, gt=0, le=10**8, description="every k-th step: 0, k, 2k, ... and the end"
+    )
+    steps: list[StrictInt] | None = Field(
+        None, max_length=10**5, description="explicit steps (0 = init; at most 10⁵)"
+    )
+    log_spaced: StrictInt | None = Field(
+        None,
+        gt=0,
+        le=10**4,
+        description="about n log-spaced steps from 1 to the end, plus 0 (≤ 10⁴)",
     )
     at: list[Literal["init", "end"]] | None = Field(None, description="init and/or end")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_default(cls, data: Any) -> Any:
+        default = cls.default_schedule
+        if default is None:
+            return data
+        if data is None:
+            data = {}
+        if isinstance(data, dict) and all(data.get(k) is None for k in SCHEDULE_KEYS):
+            data = {**data, **default}
+        return data
 
     @model_validator(mode="after")
     def _something_set(self) -> Schedule:
@@ -66,8 +97,12 @@ class LRSchedule(BaseModel):
     name: Literal["constant", "cosine", "warmup_cosine"] = Field(
         "constant", description="constant, cosine decay, or linear warmup then cosine"
     )
-    warmup_steps: int = Field(0, ge=0, description="warmup_cosine: linear warmup steps")
-    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="cosine floor as a fraction of lr")
+    warmup_steps: StrictInt = Field(
+        0, ge=0, le=10**8, description="warmup_cosine: linear warmup steps"
+    )
+    min_lr_ratio: float = Field(
+        0.0, ge=0.0, le=1.0, allow_inf_nan=False, description="cosine floor as a fraction of lr"
+    )
 
     def factor(self, step: int, total_steps: int) -> float:
         """Multiplier of the base lr at update ``step`` (0-based) of ``total_steps``."""

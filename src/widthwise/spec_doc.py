@@ -95,6 +95,9 @@ def spec_reference() -> str:
         "## `schedule`\n\n" + model_table(LRSchedule, "schedule."),
         "## `data`\n\n" + model_table(DataSpec, "data."),
         "## `executor`\n\n" + model_table(ExecutorSpec, "executor."),
+        registry_section(
+            "Parameterizations (`parameterization.name`)", PARAMETERIZATIONS, "parameterization"
+        ),
         registry_section("Families (`model.family`)", FAMILIES, "model.options"),
         registry_section("Streams (`data.stream`)", STREAMS, "data.options"),
         registry_section("Probes (`probes.<name>`)", PROBES, "probes.<name>"),

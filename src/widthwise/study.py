@@ -1,54 +1,49 @@
 """Plan and run a study: one run per width, each training all its seeds at once.
 
 ``run`` prepares the study directory, plans every width (skip a finished one,
-resume an unfinished one from its last checkpoint, run a new one) and hands the
-runs to the spec's executor (``local``, ``processes``, ``ray``, ``slurm``). Each run
-holds its width directory's lock while it writes, so a second concurrent writer
-is refused. Runs are deterministic in (seed, step): at equal torch thread counts
-the results are the same bit for bit whichever executor ran each part.
+resume an unfinished one from its last checkpoint, run a new one), makes one
+:class:`~widthwise.job.WidthJob` per width to run and hands the jobs to the spec's
+executor (``local`` runs them in this process, ``processes``, ``ray`` and ``slurm``
+elsewhere); every executor runs the same function, :func:`~widthwise.job.run_job`.
+Each job holds its width directory's lock while it writes, so a second concurrent
+writer is refused. Jobs are deterministic in (seed, step): at equal torch thread
+counts the results are the same bit for bit whichever executor ran each part.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 from pydantic import ValidationError
 from rich.console import Console
 
+from widthwise.device import check_device
 from widthwise.errors import SpecError, StoreError, UserError
-from widthwise.executors import EXECUTORS, ExecutorContext, WidthExecutor, executor_override
+from widthwise.executors import EXECUTORS, ExecutorContext, ExecutorFlags, WidthExecutor
+from widthwise.executors.local import WorkerDied
+from widthwise.job import WidthJob, build_stream, raise_if_error, run_job
 from widthwise.progress import StudyProgress, last_train_loss, study_progress
-from widthwise.spec import ExecutorSpec, StudySpec, _pydantic_problems, load_spec
+from widthwise.resources import check_resources, describe_resources
+from widthwise.spec import (
+    ExecutorSpec,
+    StudySpec,
+    code_in_spec,
+    load_spec,
+    pydantic_problems,
+    refuse_code,
+)
 from widthwise.store.lock import busy_message, lock_holder
 from widthwise.store.study_dir import StudyDir
-from widthwise.store.width_dir import WidthDir
-from widthwise.streams import STREAMS, Stream
-from widthwise.trainer import ProgressFn, check_precision, resolve_device, train_width
 
 POLL_S = 0.5
 """Seconds between looks at the store while runs execute elsewhere."""
-
-_ERRORS: dict[str, type[UserError]] = {
-    "StoreError": StoreError,
-    "SpecError": SpecError,
-    "UserError": UserError,
-}
-
-
-def build_stream(spec: StudySpec) -> Stream:
-    """The study's data stream (deterministic in (data seed, step))."""
-    return STREAMS.get(spec.data.stream)(spec.data.seed, spec.stream_options())
-
 
 # -- planning ----------------------------------------------------------------
 
@@ -83,7 +78,7 @@ def plan_widths(spec: StudySpec, study: StudyDir) -> list[WidthPlan]:
         status = wd.read_status()
         if status.get("state") == "done":
             action: Literal["run", "resume", "skip"] = "skip"
-        elif wd.checkpoint_path.exists():
+        elif wd.has_checkpoint():
             action = "resume"
         else:
             action = "run"
@@ -114,19 +109,19 @@ def with_executor(
     one-line :class:`~widthwise.errors.SpecError` for unknown names, bad options or
     an engine that is not installed.
     """
-    if executor is None and workers is None and address is None:
-        return spec
     if isinstance(executor, ExecutorSpec):
         executor = executor.model_dump()
-    if isinstance(executor, dict):
-        override = executor_override(executor, workers=workers, address=address)
+    if isinstance(executor, dict):  # a whole executor mapping, then the flags on it
+        override = ExecutorFlags(workers=workers, address=address).apply(executor)
+    elif executor is None and workers is None and address is None:
+        return spec
     else:
-        base = spec.executor.model_dump()
-        override = executor_override(base, executor, workers=workers, address=address)
+        flags = ExecutorFlags(executor, workers, address)
+        override = flags.apply(spec.executor.model_dump())
     try:
         es = ExecutorSpec.model_validate(override)
     except ValidationError as err:
-        raise SpecError("; ".join(_pydantic_problems(err, "executor"))) from None
+        raise SpecError("; ".join(pydantic_problems(err, "executor"))) from None
     if es.name not in EXECUTORS:
         raise SpecError(
             f"executor.name: unknown executor {es.name!r}; allowed: {', '.join(EXECUTORS.names())}"
@@ -134,7 +129,7 @@ def with_executor(
     try:
         EXECUTORS.validate_options(es.name, es.options)
     except ValidationError as err:
-        raise SpecError("; ".join(_pydantic_problems(err, "executor.options"))) from None
+        raise SpecError("; ".join(pydantic_problems(err, "executor.options"))) from None
     except UserError as err:
         raise SpecError(f"executor.name: {err}") from None
     return spec.model_copy(update={"executor": es})
@@ -170,80 +165,6 @@ def make_executor(spec: StudySpec, runs: int, *, preflight: bool = True) -> Widt
     return cls(options, context)
 
 
-# -- one width run ---------------------------------------------------------------
-
-
-@contextmanager
-def _torch_threads(threads: int | None) -> Iterator[None]:
-    if not threads or threads == torch.get_num_threads():
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _train_with_threads(
-    spec: StudySpec,
-    width: int,
-    width_dir: WidthDir,
-    stream: Stream,
-    probe_set: tuple[np.ndarray, np.ndarray],
-    on_step: ProgressFn | None,
-    device: torch.device,
-    threads: int | None,
-) -> dict[str, Any]:
-    """Train one width with ``threads`` torch threads (train_width takes the width's lock
-    and leaves a finished width untouched)."""
-    with _torch_threads(threads):
-        return train_width(
-            spec, width, width_dir, stream, probe_set, on_step=on_step, device=device
-        )
-
-
-def run_width_job(
-    spec_json: dict[str, Any],
-    width: int,
-    study_path: str,
-    device: str | None = None,
-    threads: int | None = None,
-    imports: Sequence[str] = (),
-) -> dict[str, Any]:
-    """The unit of work an executor ships to a worker: train (or resume) one width.
-
-    Everything it needs travels as plain data: the spec as JSON, the width, the
-    absolute study directory. The stream and probe set are rebuilt here
-    (deterministic in (seed, step)); ``threads`` sets torch's thread count first.
-    Returns the width's final status. A user-facing error (a busy width, a missing
-    CUDA device) comes back as ``{"state": "error", "error": ..., "error_type": ...}``
-    so that every engine delivers it intact; other exceptions propagate.
-    """
-    for module in imports:
-        importlib.import_module(module)
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        spec = StudySpec.model_validate(spec_json)
-        study = StudyDir(Path(study_path))
-        manifest = study.read_manifest()
-        if manifest["spec_hash"] != spec.hash():
-            raise StoreError(
-                f"{study.path}: holds a study made by another spec (hash "
-                f"{manifest['spec_hash']} != {spec.hash()}); this job is stale"
-            )
-        stream = build_stream(spec)
-        probe_set = stream.probe_set(spec.data.probe_points)
-        dev = resolve_device(device or spec.device)
-        return _train_with_threads(
-            spec, width, study.width_dir(width), stream, probe_set, None, dev, None
-        )
-    except UserError as err:
-        return {"state": "error", "error": str(err), "error_type": type(err).__name__}
-
-
 # -- the study ---------------------------------------------------------------------
 
 
@@ -255,6 +176,8 @@ def run(
     executor: str | dict[str, Any] | ExecutorSpec | None = None,
     progress: bool = False,
     console: Console | None = None,
+    allow_code: bool = False,
+    trusted_imports: Sequence[str] = (),
 ) -> Path:
     """Run (or resume) a study; returns its directory.
 
@@ -265,14 +188,24 @@ def run(
     bad input (before writing anything) and when a width is being written by
     another live process. When the spec names trackers, the finished study's
     scalars are mirrored to them.
+
+    A spec that would run code (``executor.options`` ``setup``, ``runtime_env``,
+    ``imports``) is refused unless ``allow_code=True`` (docs/security.md); an
+    ``executor`` mapping given here, and ``trusted_imports`` (the command line's
+    ``--import``), are the caller's own and always allowed. A widest width that
+    cannot fit in this machine's memory is refused before anything is written.
     """
+    from_spec = executor is None or isinstance(executor, str)  # else the caller's own mapping
     spec = _resolve_spec(spec, out, device, executor)
+    if not allow_code and from_spec:
+        refuse_code(spec, trusted_imports)
     cls, options = executor_class(spec)
     cls.preflight(options)
-    dev = resolve_device(spec.device) if cls.same_host else None
-    if dev is not None:
-        check_precision(spec, dev)  # e.g. bf16 on a GPU without it: before anything is written
+    if cls.same_host:  # e.g. no GPU, or bf16 on one without it: before anything is written
+        check_device(spec)
     stream = build_stream(spec)
+    if cls.same_host:  # parameters × seeds × (weights, grads, optimizer state) must fit here
+        check_resources(spec, stream, parallel=getattr(options, "workers", 1))
     probe_set: tuple[np.ndarray, np.ndarray] = stream.probe_set(spec.data.probe_points)
     study = StudyDir(spec.out_dir())
     study.prepare(spec, spec.hash(), probe_set, stream.describe())
@@ -281,32 +214,22 @@ def run(
     todo = [p.width for p in plans if p.action != "skip"]
     context = ExecutorContext(study_path=study.path.absolute(), name=spec.name, runs=len(todo))
     pool = cls(options, context)
+    jobs = width_jobs(spec, study, todo, pool)
     results: dict[int, dict[str, Any]] = {}
     try:
         with study_progress(progress, console) as bars:
             for p in plans:
                 if p.action == "skip":
-                    bars.finished(
-                        p.width, spec.steps, last_train_loss(study.width_dir(p.width).path)
-                    )
-                    results[p.width] = study.width_dir(p.width).read_status()
-            if todo and pool.in_process:
-                assert dev is not None
-                for width in todo:
-                    fut = pool.submit(
-                        _train_with_threads,
-                        spec,
-                        width,
-                        study.width_dir(width),
-                        stream,
-                        probe_set,
-                        bars.for_width(width, spec.steps),
-                        dev,
-                        pool.threads_per_run(),
-                    )
-                    results[width] = fut.result()
-            elif todo:
-                results.update(_run_elsewhere(spec, study, todo, pool, dev, bars))
+                    wd = study.width_dir(p.width)
+                    bars.finished(p.width, spec.steps, last_train_loss(wd.path))
+                    results[p.width] = wd.read_status()
+            if pool.in_process:  # live progress; the first failure stops the study
+                for job in jobs:
+                    on_step = bars.for_width(job.width, spec.steps)
+                    result = pool.submit(run_job, job, on_step).result()
+                    results[job.width] = raise_if_error(result)
+            elif jobs:
+                results.update(_run_elsewhere(spec, study, jobs, pool, bars))
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         raise
@@ -321,22 +244,36 @@ def run(
     return study.path
 
 
+def width_jobs(
+    spec: StudySpec, study: StudyDir, widths: Sequence[int], pool: WidthExecutor
+) -> list[WidthJob]:
+    """One job per width for ``pool``: plain data, the same for every executor."""
+    spec_json = spec.model_dump(mode="json")
+    return [
+        WidthJob(
+            spec=spec_json,
+            width=w,
+            study_path=str(study.path.absolute()),
+            device=spec.device,
+            threads=pool.threads_per_run(),
+            imports=tuple(pool.imports()),
+            tune_memory=not pool.in_process,  # worker processes are widthwise's own
+        )
+        for w in widths
+    ]
+
+
 def _run_elsewhere(
     spec: StudySpec,
     study: StudyDir,
-    widths: list[int],
+    jobs: list[WidthJob],
     pool: WidthExecutor,
-    device: torch.device | None,
     bars: StudyProgress,
 ) -> dict[int, dict[str, Any]]:
-    """Submit the widths to a remote executor, follow them in the store, gather results."""
-    spec_json = spec.model_dump(mode="json")
-    path = str(study.path.absolute())
-    dev = str(device) if device is not None else spec.device
-    argsets = [(spec_json, w, path, dev, pool.threads_per_run(), pool.imports()) for w in widths]
-    futures: list[Future] = pool.submit_runs(run_width_job, argsets)
-    by_future = dict(zip(futures, widths))
-    watchers = {w: bars.watch(w, spec.steps) for w in widths}
+    """Submit the jobs to a remote executor, follow them in the store, gather results."""
+    futures: list[Future] = pool.submit_runs(run_job, [(job,) for job in jobs])
+    by_future = {fut: job.width for fut, job in zip(futures, jobs)}
+    watchers = {w: bars.watch(w, spec.steps) for w in by_future.values()}
     pending = set(futures)
     while pending:
         _, pending = wait(pending, timeout=POLL_S, return_when=FIRST_COMPLETED)
@@ -355,25 +292,34 @@ def _run_elsewhere(
     bugs: list[BaseException] = []
     for fut, w in by_future.items():
         err = fut.exception()
-        if isinstance(err, BrokenProcessPool):
-            user_errors.append(
-                StoreError(f"width {w}: its worker process died; run the study again to resume")
-            )
+        if isinstance(err, BrokenProcessPool | WorkerDied):
+            user_errors.append(StoreError(f"width {w}: {err}"))
         elif isinstance(err, UserError):
             user_errors.append(err)
         elif err is not None:
             bugs.append(err)
         else:
-            res = fut.result()
-            if res.get("state") == "error":
-                user_errors.append(_ERRORS.get(res.get("error_type", ""), UserError)(res["error"]))
-            else:
-                results[w] = res
+            try:
+                results[w] = raise_if_error(fut.result())
+            except UserError as refused:
+                user_errors.append(refused)
     if bugs:
         raise bugs[0]
     if user_errors:
         raise user_errors[0]
     return results
+
+
+def _estimate_lines(spec: StudySpec, trusted_imports: Sequence[str]) -> list[str]:
+    """The memory estimate (:mod:`widthwise.resources`) and the keys that run code."""
+    try:
+        lines = describe_resources(spec)
+    except UserError as err:  # e.g. a data file that is not there yet
+        lines = [f"memory: no estimate ({err})"]
+    code = code_in_spec(spec, trusted_imports)
+    if code:
+        lines.append("runs code (widthwise run needs --allow-code): " + "; ".join(code))
+    return lines
 
 
 def dry_run(
@@ -382,22 +328,21 @@ def dry_run(
     out: str | os.PathLike[str] | None = None,
     device: str | None = None,
     executor: str | dict[str, Any] | ExecutorSpec | None = None,
+    trusted_imports: Sequence[str] = (),
 ) -> str:
     """What :func:`run` would do, as text; nothing is written or started.
 
-    Lists which widths would run, resume or be skipped, the executor's settings
-    and, for Slurm, the job script that would be submitted.
+    Lists which widths would run, resume or be skipped, the executor's settings,
+    each width's memory estimate, the spec keys that would run code (other than
+    ``trusted_imports``; :func:`run` needs ``allow_code`` for them) and, for Slurm,
+    the job script that would be submitted.
     """
     spec = _resolve_spec(spec, out, device, executor)
     study = StudyDir(spec.out_dir())
     if study.manifest_path.exists():
         manifest = study.read_manifest()
         if manifest["spec_hash"] != spec.hash():
-            raise StoreError(
-                f"out: {study.path} holds study {manifest.get('name')!r} made by a different "
-                f"spec (hash {manifest['spec_hash']} != {spec.hash()}); use another --out or "
-                "delete the directory"
-            )
+            raise StoreError(study.other_spec_message(manifest, spec, spec.hash()))
         plans = plan_widths(spec, study)
     else:
         plans = [WidthPlan(w, "run", 0, None) for w in spec.widths]
@@ -408,20 +353,11 @@ def dry_run(
         f"({len(todo)} of {len(plans)} widths to run; nothing written)",
         f"executor {pool.describe()}",
         *(p.describe(spec.steps) for p in plans),
+        *_estimate_lines(spec, trusted_imports),
     ]
     if todo:
-        argsets = [
-            (
-                spec.model_dump(mode="json"),
-                w,
-                str(study.path.absolute()),
-                spec.device,
-                pool.threads_per_run(),
-                pool.imports(),
-            )
-            for w in todo
-        ]
-        text = pool.submission_text(run_width_job, argsets)
+        argsets = [(job,) for job in width_jobs(spec, study, todo, pool)]
+        text = pool.submission_text(run_job, argsets)
         if text is not None:
             tasks = ", ".join(f"{i} → width {w}" for i, w in enumerate(todo))
             kind = f"one array job of {len(todo)} tasks" if len(todo) > 1 else "one job"

@@ -1,7 +1,8 @@
 """Kernel matrices as xarray: sample dims by name, numpy linear algebra inside (private).
 
-A kernel's rows and columns are each one dim (``"kpoint_i"``, ``"kpoint_j"``) or a
-tuple of dims (``("point_i", "output_i")``) flattened in the given order.
+A kernel's rows and columns are each one dim (``"kernels_point_i"``,
+``"kernels_point_j"``) or a tuple of dims (``("entk_point_i", "entk_output_i")``)
+flattened in the given order.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def split_sample_dims(sample_dims: Sequence[Dims]) -> tuple[tuple[str, ...], tup
     if isinstance(sample_dims, str) or len(sample_dims) != 2:
         raise AnalysisError(
             "The 'sample_dims' parameter names a kernel's row and column dims, e.g. "
-            f"('kpoint_i', 'kpoint_j'). Got {sample_dims!r} instead."
+            f"('kernels_point_i', 'kernels_point_j'). Got {sample_dims!r} instead."
         )
     rows, cols = as_dims(sample_dims[0]), as_dims(sample_dims[1])
     if set(rows) & set(cols):

@@ -109,25 +109,6 @@ def _fit(widths, y, b_bounds, grid):
         return np.where(a > 0, a * n0**b, a), b, c, r2
 
 
-def fit_power_law(
-    widths, values, *, b_bounds: tuple[float, float] = (0.0, 4.0), grid: int = 81
-) -> dict[str, float]:
-    """Fit L(n) = a·n^(−b) + c with a, c ≥ 0 to one curve; NaN values are skipped.
-
-    ``widths`` and ``values`` are 1-d sequences of equal length. Returns
-    ``{"a", "b", "c", "r2"}`` (NaN with fewer than 3 finite points). R² = 1 − RSS/TSS
-    of the fitted points. When the best a is 0 (no decrease in width) b is not identified
-    and reported as NaN.
-    """
-    w = np.asarray(widths, dtype=np.float64)
-    v = np.asarray(values, dtype=np.float64)
-    if w.ndim != 1 or w.shape != v.shape:
-        raise AnalysisError("fit_power_law needs 1-d widths and values of the same length.")
-    _check_widths(w)
-    a, b, c, r2 = _fit(w, v[None, :], _bounds(b_bounds), grid)
-    return {"a": float(a[0]), "b": float(b[0]), "c": float(c[0]), "r2": float(r2[0])}
-
-
 def _bounds(b_bounds):
     lo, hi = map(float, b_bounds)
     if not (np.isfinite(lo) and np.isfinite(hi) and 0 <= lo < hi):
@@ -185,7 +166,9 @@ def power_law_fit(
     ``da`` has dims (width, [seed], ...) — e.g. ``ds.test_loss`` (width, seed, test_step)
     fits every step; select a step first to fit one. The fitted curve is the mean over
     finite seeds (diverged members, NaN, are left out) at each width; widths that are
-    NaN at a step are skipped there (≥ 3 widths needed, else NaN).
+    NaN at a step are skipped there (≥ 3 widths needed, else NaN). R² = 1 − RSS/TSS of
+    the fitted points; where the best a is 0 (no decrease in width) b is not identified
+    and is NaN. One curve without seeds: a DataArray with the single dim ``width``.
 
     Bootstrap: ``n_boot`` replicates; in each, every width's finite seeds are resampled
     with replacement (same draws at every step of a replicate), the means refitted;

@@ -62,7 +62,8 @@ def cka(
     """Centered kernel alignment HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)) (Kornblith et al. 2019).
 
     ``a`` and ``b`` are kernels (Gram matrices) over ``sample_dims`` = (rows, cols),
-    e.g. ``("kpoint_i", "kpoint_j")``; each side may be a tuple of dims, flattened.
+    e.g. ``("kernels_point_i", "kernels_point_j")``; each side may be a tuple of dims,
+    flattened.
     Other dims broadcast by name. ``unbiased=False``: HSIC = tr(K H L H)/(n−1)² with
     H = I − 11ᵀ/n. ``unbiased=True``: the U-statistic HSIC of Song et al. (2012) (as in
     Nguyen et al. 2021), unbiased for finite n (n ≥ 4); it can be slightly negative and
@@ -96,9 +97,10 @@ def cka_to_widest(
 ) -> xr.DataArray:
     """CKA between each width's kernel and the widest width's (paper Fig. 5 c, Fig. 12).
 
-    ``da`` e.g. ``ds.feature_kernel`` (width, seed, kernels_step, layer, kpoint_i,
-    kpoint_j) with ``sample_dims=("kpoint_i", "kpoint_j")``. ``ensemble=True``: seed-mean
-    kernels (members with NaN left out) are compared, dims (width, step, layer);
+    ``da`` e.g. ``ds.feature_kernel`` (width, seed, kernels_step, kernels_layer,
+    kernels_point_i, kernels_point_j) with ``sample_dims=("kernels_point_i",
+    "kernels_point_j")``. ``ensemble=True``: seed-mean kernels (members with NaN left
+    out) are compared, dims (width, step, layer);
     ``False``: seed s vs seed s of the widest, dims keep seed. The widest's own CKA is 1.
     """
     rows, cols = split_sample_dims(sample_dims)

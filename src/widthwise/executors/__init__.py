@@ -14,6 +14,7 @@ A new engine is one class registered with ``@EXECUTORS.register(name, options=..
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from widthwise.errors import UserError
@@ -32,6 +33,7 @@ from widthwise.executors.slurm import SlurmExecutor
 __all__ = [
     "EXECUTORS",
     "ExecutorContext",
+    "ExecutorFlags",
     "ExecutorOptions",
     "LocalExecutor",
     "ProcessesExecutor",
@@ -93,3 +95,27 @@ def executor_override(
     if imports and current != "local":  # workers are fresh interpreters: import there too
         options["imports"] = list(dict.fromkeys([*options.get("imports", []), *imports]))
     return {"name": current, "options": options}
+
+
+@dataclass(frozen=True)
+class ExecutorFlags:
+    """Command-line choices of executor (``--executor``, ``--workers``, ``--address``,
+    ``--import``), applied to a spec's ``executor`` value by :func:`executor_override`
+    — the one place that knows how: ``load_spec(path, executor=flags)`` applies them
+    before validation, :func:`widthwise.study.with_executor` to a validated spec."""
+
+    name: str | None = None
+    workers: int | None = None
+    address: str | None = None
+    imports: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return any(v is not None for v in (self.name, self.workers, self.address)) or bool(
+            self.imports
+        )
+
+    def apply(self, base: Any) -> dict[str, Any]:
+        """The executor mapping ``base`` (a name, a mapping or None) with these flags."""
+        return executor_override(
+            base, self.name, workers=self.workers, address=self.address, imports=self.imports
+        )

@@ -59,7 +59,8 @@ class RemoteOptions(ExecutorOptions):
 
     imports: list[str] = Field(
         default_factory=list,
-        description="modules each worker imports first (registering your own families, streams)",
+        description="modules each worker imports first (registering your own families, streams); "
+        "runs code: needs --allow-code unless given by --import",
     )
 
 

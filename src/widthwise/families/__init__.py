@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from widthwise.families import cnn as _cnn  # noqa: F401  (registers "cnn")
@@ -10,6 +9,7 @@ from widthwise.families import mlp as _mlp  # noqa: F401  (registers "mlp")
 from widthwise.families import resnet as _resnet  # noqa: F401  (registers "resnet18_ln")
 from widthwise.families import transformer as _transformer  # noqa: F401  (registers "transformer")
 from widthwise.families.base import FAMILIES, Network
+from widthwise.parameterization import NetworkRules
 
 
 def build_network(
@@ -19,19 +19,20 @@ def build_network(
     out_dim: int,
     options: Any,
     *,
-    parameterization: str | None = None,
+    network_rules: NetworkRules | None = None,
 ) -> Network:
     """Build ``family`` at ``width``: ``builder(width, in_shape, out_dim, options)``.
 
-    A builder that declares a keyword parameter ``parameterization`` also receives
-    the parameterization's name (the transformer resolves ``attn_scale: auto`` with
-    it); builders that do not declare it are called exactly as before.
+    A family registered with the trait ``network_rules=True`` also receives
+    ``network_rules`` (what the parameterization asks of the network, e.g. the
+    attention exponent; :func:`~widthwise.parameterization.network_rules_for`); the
+    others are called exactly as above. Without ``network_rules`` every family
+    builds with its defaults.
     """
-    builder = FAMILIES.get(family)
-    kwargs = {}
-    if parameterization is not None and "parameterization" in inspect.signature(builder).parameters:
-        kwargs["parameterization"] = parameterization
-    return builder(width, in_shape, out_dim, options, **kwargs)
+    entry = FAMILIES.entry(family)
+    if network_rules is not None and entry.traits.get("network_rules"):
+        return entry.obj(width, in_shape, out_dim, options, network_rules=network_rules)
+    return entry.obj(width, in_shape, out_dim, options)
 
 
 __all__ = ["FAMILIES", "Network", "build_network"]

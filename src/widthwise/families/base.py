@@ -23,6 +23,11 @@ class Network:
     also returns intermediate arrays keyed ``"preact/<layer>"`` and
     ``"act/<layer>"`` (each ``(batch, width)``), used by coordinate checks and probes.
     ``apply`` must be vmap-able over a leading seed dim of the weights.
+
+    ``stackable`` declares that ``apply`` uses its weights only through ``F.linear``
+    on ``(batch, features)`` inputs: an ensemble may then run it on the stacked
+    ``(seed, ...)`` weights directly, each layer one batched matmul for all members,
+    instead of through ``torch.func.vmap`` (:mod:`widthwise.ensemble`).
     """
 
     family: str
@@ -30,7 +35,11 @@ class Network:
     params: tuple[ParamSpec, ...]
     apply: ApplyFn
     layers: tuple[str, ...] = ()
+    stackable: bool = False
 
 
 FamilyBuilder = Callable[..., Network]
 FAMILIES: Registry[FamilyBuilder] = Registry("family")
+"""Every family by name. Trait ``network_rules=True``: the builder also takes the
+parameterization's :class:`~widthwise.parameterization.NetworkRules` as the keyword
+``network_rules`` (e.g. the transformer's attention exponent)."""

@@ -28,7 +28,9 @@ class CNNOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    depth: int = Field(3, ge=1, description="3×3 conv layers (each of `width` channels)")
+    depth: int = Field(
+        3, ge=1, le=1000, description="3×3 conv layers (each of `width` channels; ≤ 1000)"
+    )
     activation: Literal["relu", "tanh", "gelu"] = Field("relu", description="nonlinearity φ")
     bias: bool = Field(True, description="conv biases (vectors) and a readout bias (fixed)")
     downsample: Literal["stride", "avgpool", "maxpool"] = Field(

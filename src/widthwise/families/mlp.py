@@ -21,7 +21,9 @@ class MLPOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    depth: int = Field(3, ge=2, description="weight layers (paper: '3-layer MLP' = depth 3)")
+    depth: int = Field(
+        3, ge=2, le=1000, description="weight layers (paper: '3-layer MLP' = depth 3; ≤ 1000)"
+    )
     activation: Literal["relu", "tanh", "gelu"] = "relu"
     bias: bool = False
 
@@ -63,4 +65,5 @@ def build_mlp(width: int, in_shape: tuple[int, ...], out_dim: int, options: MLPO
         out = F.linear(h, w["out.weight"], w["out.bias"] if has_bias else None)  # (B, C)
         return out, recorded
 
-    return Network("mlp", width, tuple(specs), apply, layers)
+    # only F.linear on (batch, features): ensembles run it on the stacked weights
+    return Network("mlp", width, tuple(specs), apply, layers, stackable=True)

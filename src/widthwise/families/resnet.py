@@ -16,7 +16,7 @@ the four stages have ``width, 2·width, 4·width, 8·width`` channels (docs/conc
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
@@ -36,9 +36,12 @@ class ResNetOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    blocks: tuple[int, int, int, int] = Field(
-        (2, 2, 2, 2), description="basic blocks per stage ((2, 2, 2, 2) = ResNet-18)"
-    )
+    blocks: tuple[
+        Annotated[int, Field(le=1000)],
+        Annotated[int, Field(le=1000)],
+        Annotated[int, Field(le=1000)],
+        Annotated[int, Field(le=1000)],
+    ] = Field((2, 2, 2, 2), description="basic blocks per stage ((2, 2, 2, 2) = ResNet-18; ≤ 1000)")
     norm: Literal["channel", "chw"] = Field(
         "channel",
         description="LayerNorm over the channels at each position (channel; Flax's "

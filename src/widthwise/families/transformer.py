@@ -13,10 +13,11 @@ vocabulary at every position ``(B, T, vocab)`` with ``vocab = out_dim``:
 
 Attention scores are ``attn_mult · q·k · scale`` with ``scale = 1/d_head`` (muP:
 q and k become correlated during training, so q·k grows like d_head, not
-√d_head) or ``1/√d_head`` (standard). ``attn_scale: auto`` takes 1/d_head under
-``mup`` and ``mf`` and 1/√d_head under ``sp`` and ``ntp``. Softmax attention is
-written out (no fused ``scaled_dot_product_attention``: fused kernels have no
-double backward, which Hessian probes need) and its probabilities are tapped.
+√d_head) or ``1/√d_head`` (standard). ``attn_scale: auto`` takes ``1/d_head**e``
+with the parameterization's exponent ``e`` (``NetworkRules.attn_exponent``, which
+the family receives: it is registered with the trait ``network_rules``). Softmax
+attention is written out (no fused ``scaled_dot_product_attention``: fused kernels
+have no double backward, which Hessian probes need) and its probabilities are tapped.
 """
 
 from __future__ import annotations
@@ -32,11 +33,11 @@ from torch import Tensor
 
 from widthwise.errors import UserError
 from widthwise.families.base import FAMILIES, Network
-from widthwise.parameterization import ParamSpec, Role
+from widthwise.parameterization import NetworkRules, ParamSpec, Role
 
 EPS = 1e-5
 FF_MULT = 4
-SQRT_SCALE_PARAMETERIZATIONS = frozenset({"sp", "ntp"})
+SCALE_EXPONENTS = {"linear": 1.0, "sqrt": 0.5}
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
 
 
@@ -45,9 +46,9 @@ class TransformerOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    depth: int = Field(2, ge=1, description="transformer blocks")
+    depth: int = Field(2, ge=1, le=1000, description="transformer blocks (≤ 1000)")
     heads: int = Field(
-        4, ge=1, description="attention heads, fixed across widths (d_head = width/heads)"
+        4, ge=1, le=4096, description="attention heads, fixed across widths (d_head = width/heads)"
     )
     causal: bool = Field(True, description="causal LM (true) or bidirectional / masked LM (false)")
     positions: Literal["learned", "sinusoidal"] = Field(
@@ -56,19 +57,29 @@ class TransformerOptions(BaseModel):
     attn_scale: Literal["auto", "linear", "sqrt"] = Field(
         "auto",
         description="attention scores × 1/d_head (linear) or 1/√d_head (sqrt); "
-        "auto: linear under mup and mf, sqrt under sp and ntp",
+        "auto: the parameterization's (docs/parameterizations.md)",
     )
-    attn_mult: float = Field(1.0, gt=0, description="constant factor on the attention scores")
+    attn_mult: float = Field(
+        1.0, gt=0, le=1e6, description="constant factor on the attention scores"
+    )
     activation: Literal["gelu", "relu"] = Field("gelu", description="feed-forward nonlinearity")
     bias: bool = Field(True, description="biases in the attention and feed-forward linears")
 
 
-def resolve_attn_scale(attn_scale: str, parameterization: str | None) -> Literal["linear", "sqrt"]:
-    """``auto`` → ``sqrt`` (1/√d_head) under sp and ntp, else ``linear`` (1/d_head: mup, mf,
-    and a caller that does not name the parameterization)."""
+def attn_exponent(attn_scale: str, network_rules: NetworkRules | None) -> float:
+    """The exponent e of the attention scale 1/d_head**e: 1 for ``linear``, 1/2 for
+    ``sqrt``; ``auto`` takes the parameterization's (``NetworkRules().attn_exponent``,
+    1, when the caller passes none)."""
     if attn_scale != "auto":
-        return attn_scale  # type: ignore[return-value]
-    return "sqrt" if parameterization in SQRT_SCALE_PARAMETERIZATIONS else "linear"
+        return SCALE_EXPONENTS[attn_scale]
+    return (network_rules or NetworkRules()).attn_exponent
+
+
+def _power(d: int, exponent: float) -> float:
+    """d**exponent, exactly d for 1 and math.sqrt(d) for 1/2."""
+    if exponent == 1.0:
+        return float(d)
+    return math.sqrt(d) if exponent == 0.5 else d**exponent
 
 
 def sinusoids(length: int, width: int) -> Tensor:
@@ -95,19 +106,19 @@ def softmax_attention(q: Tensor, k: Tensor, scale: float, causal: bool) -> Tenso
     return torch.softmax(scores, dim=-1)
 
 
-@FAMILIES.register("transformer", options=TransformerOptions)
+@FAMILIES.register("transformer", options=TransformerOptions, network_rules=True)
 def build_transformer(
     width: int,
     in_shape: tuple[int, ...],
     out_dim: int,
     options: TransformerOptions,
     *,
-    parameterization: str | None = None,
+    network_rules: NetworkRules | None = None,
 ) -> Network:
     """Transformer LM: token ids ``x: (B, T)`` → logits ``(B, T, vocab)``, ``vocab = out_dim``.
 
-    ``in_shape = (T,)`` is the (maximum) sequence length. ``parameterization`` (its
-    name) only resolves ``attn_scale: auto``.
+    ``in_shape = (T,)`` is the (maximum) sequence length. ``network_rules`` (the
+    parameterization's) only resolves ``attn_scale: auto``.
 
     Tensors and roles (``w`` = width, ``b{i}`` = block i = 1..depth):
 
@@ -128,7 +139,8 @@ def build_transformer(
     ============================================== ========== ========== ======
 
     An embedding is a lookup, i.e. a linear map of a one-hot input with a single
-    nonzero entry, so its fan-in is 1: every rule then gives it a width-independent
+    nonzero entry, so its fan-in is 1 (and its tag ``embedding``, for rules that
+    treat lookups apart): every rule then gives it a width-independent
     init std σ (N(0, σ²) entries, as ``nn.Embedding`` and mup's transformer
     example), residual-stream coordinates of order one, and mup's input-weight
     learning rates (×m for SGD, ×1 for Adam, as MuSGD/MuAdam treat an
@@ -157,14 +169,15 @@ def build_transformer(
         )
     (seq_len,) = in_shape
     vocab, d_head, d_ff = out_dim, width // heads, FF_MULT * width
-    scale_kind = resolve_attn_scale(options.attn_scale, parameterization)
-    scale = options.attn_mult / (d_head if scale_kind == "linear" else math.sqrt(d_head))
+    exponent = attn_exponent(options.attn_scale, network_rules)
+    scale = options.attn_mult / _power(d_head, exponent)
     causal, has_bias, depth = options.causal, options.bias, options.depth
     act = ACTIVATIONS[options.activation]
 
-    specs: list[ParamSpec] = [ParamSpec("embed.weight", (vocab, width), Role.INPUT, 1)]
+    lookup = frozenset({"embedding"})  # a lookup table (a one-hot input): fan-in 1
+    specs: list[ParamSpec] = [ParamSpec("embed.weight", (vocab, width), Role.INPUT, 1, tags=lookup)]
     if options.positions == "learned":
-        specs.append(ParamSpec("pos.weight", (seq_len, width), Role.INPUT, 1))
+        specs.append(ParamSpec("pos.weight", (seq_len, width), Role.INPUT, 1, tags=lookup))
 
     def norm(name: str) -> None:
         specs.append(ParamSpec(f"{name}.weight", (width,), Role.VECTOR, init="ones"))

@@ -8,10 +8,13 @@ mask. Under muP the number of heads is fixed and d_head grows with width, so the
 shape is the same at every width and the maps of different widths compare directly.
 
 ``attention`` (step dim ``attention_step``)
-    ``attention (seed, attn_layer, attn_point, head, query, key)``: the maps of the
-    first ``points`` probe sequences (``attn_point`` = index into the probe set's
-    ``point``), for the selected layers (default: every ``attn/`` tap, in the
-    family's order). Probabilities, unitless; NaN for diverged members.
+    ``attention (seed, attention_layer, attention_point, head, query, key)``: the maps
+    of the first ``points`` probe sequences (the coordinate of ``attention_point``
+    holds their indices into ``point``), for the selected layers (default: every
+    ``attn/`` tap, in the family's order). Probabilities, unitless; NaN for diverged
+    members. ``head``, ``query`` and ``key`` are the tap's own dims (query and key
+    are positions of the sequence), shared by every probe that reads attention.
+    Declared in :data:`ATTENTION`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from widthwise.dataset_schema import Dim, Schema, Var, declare
 from widthwise.errors import UserError
 from widthwise.probes.base import PROBES, ProbeContext, ProbeDef, ProbeResult, mask_diverged
 from widthwise.probes.features import InitEndSchedule, select_layers, tap
@@ -33,11 +37,58 @@ class AttentionOptions(InitEndSchedule):
     layers: list[str] | None = Field(
         None, description="attention layers (tap 'attn/<layer>'); default: all, family order"
     )
-    points: int = Field(4, gt=0, description="maps of the first `points` probe sequences")
+    points: int = Field(
+        4, gt=0, le=4096, description="maps of the first `points` probe sequences (≤ 4096)"
+    )
+
+
+ATTENTION = declare(
+    Schema(
+        "attention",
+        "attention_step",
+        (
+            Dim("attention_step", "steps of the `attention` probe", "steps"),
+            Dim(
+                "attention_layer",
+                "attention layer (tap `attn/<layer>`)",
+                "layer names",
+                formerly=("attn_layer",),
+            ),
+            Dim(
+                "attention_point",
+                "one of the first `points` probe sequences",
+                "index into `point`",
+                index_of="point",
+                formerly=("attn_point",),
+            ),
+            Dim("head", "attention head (fixed across widths under muP)"),
+            Dim("query", "query position (a position of the sequence)"),
+            Dim("key", "key position; probabilities sum to 1 over `key`"),
+        ),
+        (
+            Var(
+                "attention",
+                (
+                    "width",
+                    "seed",
+                    "attention_step",
+                    "attention_layer",
+                    "attention_point",
+                    "head",
+                    "query",
+                    "key",
+                ),
+                "probability",
+                "attention probabilities (softmax output, after masking)",
+                when="families with `attn/` taps",
+            ),
+        ),
+    )
+)
 
 
 def attention_probe(ctx: ProbeContext, options: AttentionOptions) -> ProbeResult:
-    """attention (seed, attn_layer, attn_point, head, query, key) from the ``attn/`` taps."""
+    """attention (seed, attention_layer, attention_point, head, query, key) from ``attn/`` taps."""
     x = ctx.probe_x[: options.points]
     with torch.no_grad():
         _, taps = ctx.ensemble.forward_taps(ctx.params, x)
@@ -58,10 +109,10 @@ def attention_probe(ctx: ProbeContext, options: AttentionOptions) -> ProbeResult
     stacked = torch.stack(maps, dim=1)  # (seed, layer, batch, head, query, key)
     return {
         "attention": (
-            ("seed", "attn_layer", "attn_point", "head", "query", "key"),
+            ATTENTION.result_dims("attention"),
             mask_diverged(stacked.numpy(), ctx.alive.cpu().numpy()),
         ),
-        "attn_layer": (("attn_layer",), np.array(names)),
+        "attention_layer": (("attention_layer",), np.array(names)),
     }
 
 

@@ -1,8 +1,8 @@
 """What a probe is: a measurement of all seeds of one width at scheduled steps.
 
 A probe is a registry entry whose options model extends :class:`Schedule`. At each
-scheduled step the trainer calls it with a :class:`ProbeContext` and stores what it
-returns: a mapping ``variable -> (dims, array)`` whose first dim is ``"seed"``.
+scheduled step the width's run (``widthwise.job``) calls it with a
+:class:`ProbeContext` and stores what it returns: a mapping ``variable -> (dims, array)`` whose first dim is ``"seed"``.
 Arrays with only the seed dim go to the width's line-oriented scalar log, the
 rest to one atomic ``.npz`` per step; ``open_study`` puts each variable on the
 probe's own step coordinate (``step_dim``).
@@ -42,21 +42,30 @@ class ProbeContext:
     stream: Stream
     lr: float  # base learning rate at this step (after the schedule)
     optimizer: torch.optim.Optimizer | None = None  # read-only; e.g. Adam state for sharpness
+    losses: Tensor | None = None
+    """(seed,) each member's minibatch loss of update ``step`` (NaN for frozen members);
+    set only for probes that run after the update (``ProbeDef.after_update``)."""
 
 
 @dataclass(frozen=True)
 class ProbeDef:
-    """A registered probe: its function and the name of its step coordinate.
+    """A registered probe: its function, its step coordinate and when it runs.
 
-    ``fn is None`` marks the built-in ``train_loss`` probe, which the training
-    step itself fills in for free.
+    A probe scheduled at step t normally measures the network after t updates,
+    before update t is taken (t = 0 is the initial network, t = ``steps`` the final
+    one). ``after_update`` probes instead measure update t itself, right after it
+    (``ProbeContext.losses`` holds that update's minibatch losses): ``train_loss`` is
+    one. ``include_end``: whether the schedule's end (step ``steps``, where no update
+    is taken) is one of its steps.
     """
 
-    fn: Callable[[ProbeContext, Any], ProbeResult] | None
+    fn: Callable[[ProbeContext, Any], ProbeResult]
     step_dim: str
     coords: Callable[[Any], dict[str, tuple[tuple[str, ...], np.ndarray]]] | None = None
     """Optional: static coordinates of the probe's arrays from its options (e.g. bin
     edges), attached by ``open_study``: ``{name: (dims, values)}``."""
+    after_update: bool = False
+    include_end: bool = True
 
 
 PROBES: Registry[ProbeDef] = Registry("probe")

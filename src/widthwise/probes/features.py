@@ -14,56 +14,49 @@ spatial mean of each channel) *before* tapping, so its kernels are kernels of th
 spatially pooled features and ``N`` is its number of channels.
 
 ``kernels`` (step dim ``kernels_step``)
-    ``feature_kernel (seed, kernel_layer, kpoint_i, kpoint_j)``: ``K[i, j] =
-    Σ_n φ_n(x_i) φ_n(x_j) / N`` on the first ``points`` probe points (``kpoint_i`` =
-    index into the probe set's ``point``), ``N`` = the tap's feature count
-    (the width for MLP hidden layers). Computed in float64.
+    ``feature_kernel (seed, kernels_layer, kernels_point_i, kernels_point_j)``:
+    ``K[i, j] = Σ_n φ_n(x_i) φ_n(x_j) / N`` on the first ``points`` probe points (the
+    coordinates of ``kernels_point_i`` / ``_j`` are their indices into ``point``),
+    ``N`` = the tap's feature count (the width for MLP hidden layers). Computed in
+    float64.
 
 ``preacts`` (step dim ``preacts_step``)
     Histograms of every coordinate of every selected layer's preactivation on the
     probe points, on bin edges fixed by the options (identical for every width,
-    seed and step): ``preact_hist (seed, preact_layer, preact_bin)`` raw counts,
-    ``preact_underflow`` / ``preact_overflow (seed, preact_layer)`` counts below
+    seed and step): ``preact_hist (seed, preacts_layer, preacts_bin)`` raw counts,
+    ``preact_underflow`` / ``preact_overflow (seed, preacts_layer)`` counts below
     the first edge / above the last one (the last bin is closed, as in
-    ``numpy.histogram``), ``preact_count (seed, preact_layer)`` coordinates counted
+    ``numpy.histogram``), ``preact_count (seed, preacts_layer)`` coordinates counted
     (points × width; ``hist.sum + underflow + overflow == count``), and
-    ``preact_sample (seed, preact_layer, preact_point, preact_neuron)``: the raw
+    ``preact_sample (seed, preacts_layer, preacts_point, preacts_neuron)``: the raw
     preactivations of the first ``sample_neurons`` neurons on the first
     ``sample_points`` probe points (NaN for neurons beyond a narrow width).
-    A density estimate is ``hist / (count · bin width)``.
+    A density estimate is ``hist / (count · bin width)``; the bin edges are the
+    coordinate of ``preacts_edge``.
+
+Both declare their dims and variables (:data:`KERNELS`, :data:`PREACTS`) and return
+arrays with exactly those dims.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 
+from widthwise.dataset_schema import Dim, Schema, Var, declare
 from widthwise.errors import UserError
 from widthwise.probes.base import PROBES, ProbeContext, ProbeDef, ProbeResult, mask_diverged
 from widthwise.schedule import Schedule
 
-_SCHEDULE_KEYS = ("every", "steps", "log_spaced", "at")
-
 
 class InitEndSchedule(Schedule):
-    """A schedule that defaults to ``at: [init, end]`` when none of its keys is given.
+    """A schedule that defaults to ``at: [init, end]`` when none of its keys is given."""
 
-    The default applies only when the options set no schedule at all, so
-    ``{every: 100}`` means exactly every 100 steps (and the end), nothing more.
-    """
-
-    @model_validator(mode="before")
-    @classmethod
-    def _default_init_end(cls, data: Any) -> Any:
-        if data is None:
-            data = {}
-        if isinstance(data, dict) and all(data.get(k) is None for k in _SCHEDULE_KEYS):
-            data = {**data, "at": ["init", "end"]}
-        return data
+    default_schedule: ClassVar[dict[str, Any] | None] = {"at": ["init", "end"]}
 
 
 def select_layers(
@@ -101,14 +94,57 @@ class KernelOptions(InitEndSchedule):
     layers: list[str] | None = Field(
         None, description="layers to record (Network.layers names); default: all"
     )
-    points: int = Field(64, gt=0, description="M: kernels on the first M probe points")
+    points: int = Field(
+        64, gt=0, le=2**14, description="M: kernels on the first M probe points (≤ 2¹⁴)"
+    )
     features: Literal["act", "preact"] = Field(
         "act", description="φ = post-activations (act) or preactivations (preact)"
     )
 
 
+KERNELS = declare(
+    Schema(
+        "kernels",
+        "kernels_step",
+        (
+            Dim("kernels_step", "steps of the `kernels` probe", "steps"),
+            Dim("kernels_layer", "recorded layer", "layer names", formerly=("kernel_layer",)),
+            Dim(
+                "kernels_point_i",
+                "kernel row: one of the first M probe points",
+                "index into `point`",
+                index_of="point",
+                formerly=("kpoint_i",),
+            ),
+            Dim(
+                "kernels_point_j",
+                "kernel column: one of the first M probe points",
+                "index into `point`",
+                index_of="point",
+                formerly=("kpoint_j",),
+            ),
+        ),
+        (
+            Var(
+                "feature_kernel",
+                (
+                    "width",
+                    "seed",
+                    "kernels_step",
+                    "kernels_layer",
+                    "kernels_point_i",
+                    "kernels_point_j",
+                ),
+                "activation²",
+                "feature kernel K = φφᵀ/N of each layer (float64)",
+            ),
+        ),
+    )
+)
+
+
 def kernels_probe(ctx: ProbeContext, options: KernelOptions) -> ProbeResult:
-    """feature_kernel (seed, kernel_layer, kpoint_i, kpoint_j) = φ φᵀ / N per layer, float64.
+    """feature_kernel (seed, kernels_layer, kernels_point_i, kernels_point_j) = φ φᵀ / N, float64.
 
     φ: the tap ``"<features>/<layer>"`` on the first M probe points, (seed, M, N).
     Paper Section 2, Fig. 5 b-c, Fig. 11, Fig. 12.
@@ -132,10 +168,10 @@ def kernels_probe(ctx: ProbeContext, options: KernelOptions) -> ProbeResult:
     alive = ctx.alive.cpu().numpy()
     return {
         "feature_kernel": (
-            ("seed", "kernel_layer", "kpoint_i", "kpoint_j"),
+            KERNELS.result_dims("feature_kernel"),
             mask_diverged(k.cpu().numpy(), alive),
         ),
-        "kernel_layer": (("kernel_layer",), np.array(names)),
+        "kernels_layer": (("kernels_layer",), np.array(names)),
     }
 
 
@@ -153,13 +189,15 @@ class PreactOptions(InitEndSchedule):
     layers: list[str] | None = Field(
         None, description="layers to record (Network.layers names); default: all"
     )
-    points: int | None = Field(None, gt=0, description="probe points counted; default: all")
+    points: int | None = Field(
+        None, gt=0, le=10**6, description="probe points counted; default: all"
+    )
     range: tuple[float, float] = Field(
         (-5.0, 5.0), description="[first edge, last edge] of the histogram"
     )
-    bins: int = Field(60, gt=0, description="number of equal-width bins in range")
-    sample_points: int = Field(8, ge=0, description="raw sample: first points")
-    sample_neurons: int = Field(16, ge=0, description="raw sample: first neurons")
+    bins: int = Field(60, gt=0, le=10**5, description="number of equal-width bins in range (≤ 10⁵)")
+    sample_points: int = Field(8, ge=0, le=10**4, description="raw sample: first points (≤ 10⁴)")
+    sample_neurons: int = Field(16, ge=0, le=10**4, description="raw sample: first neurons (≤ 10⁴)")
 
     @model_validator(mode="after")
     def _range_increasing(self) -> PreactOptions:
@@ -195,12 +233,68 @@ def histogram_counts(values: Tensor, edges: Tensor) -> tuple[Tensor, Tensor, Ten
     return hist, under, over, counts[:, : bins + 2].sum(1)
 
 
+_PREACT_LAYER = ("width", "seed", "preacts_step", "preacts_layer")
+
+PREACTS = declare(
+    Schema(
+        "preacts",
+        "preacts_step",
+        (
+            Dim("preacts_step", "steps of the `preacts` probe", "steps"),
+            Dim("preacts_layer", "recorded layer", "layer names", formerly=("preact_layer",)),
+            Dim("preacts_bin", "histogram bin", "bin centers (float64)", formerly=("preact_bin",)),
+            Dim(
+                "preacts_edge",
+                "histogram bin edge (bins + 1)",
+                "the edges (float64)",
+                formerly=("preact_edge",),
+            ),
+            Dim(
+                "preacts_point",
+                "raw sample: one of the first `sample_points` probe points",
+                "index into `point`",
+                index_of="point",
+                formerly=("preact_point",),
+            ),
+            Dim(
+                "preacts_neuron",
+                "raw sample: one of the first `sample_neurons` units",
+                formerly=("preact_neuron",),
+            ),
+        ),
+        (
+            Var(
+                "preact_hist",
+                (*_PREACT_LAYER, "preacts_bin"),
+                "count",
+                "coordinates of the layer's preactivation in each bin",
+            ),
+            Var("preact_underflow", _PREACT_LAYER, "count", "coordinates below the first edge"),
+            Var("preact_overflow", _PREACT_LAYER, "count", "coordinates above the last edge"),
+            Var(
+                "preact_count",
+                _PREACT_LAYER,
+                "count",
+                "coordinates counted: points × width (= hist summed + underflow + overflow)",
+            ),
+            Var(
+                "preact_sample",
+                (*_PREACT_LAYER, "preacts_point", "preacts_neuron"),
+                "preactivation",
+                "raw preactivations of the first neurons on the first points (NaN beyond a "
+                "narrow width)",
+            ),
+        ),
+    )
+)
+
+
 def preacts_probe(ctx: ProbeContext, options: PreactOptions) -> ProbeResult:
     """Histograms and a raw sample of each layer's preactivations on the probe points.
 
-    preact_hist (seed, preact_layer, preact_bin); preact_underflow, preact_overflow,
-    preact_count (seed, preact_layer); preact_sample (seed, preact_layer,
-    preact_point, preact_neuron). Paper Section 2, Fig. 5 a, Fig. 11.
+    preact_hist (seed, preacts_layer, preacts_bin); preact_underflow, preact_overflow,
+    preact_count (seed, preacts_layer); preact_sample (seed, preacts_layer,
+    preacts_point, preacts_neuron). Paper Section 2, Fig. 5 a, Fig. 11.
     """
     names = select_layers(ctx.ensemble.network.layers, options.layers, "preacts", "layers")
     x = ctx.probe_x if options.points is None else ctx.probe_x[: options.points]
@@ -227,25 +321,25 @@ def preacts_probe(ctx: ProbeContext, options: PreactOptions) -> ProbeResult:
     def stack(parts: list[Tensor]) -> np.ndarray:
         return mask_diverged(torch.stack([p.cpu() for p in parts], dim=1).numpy(), alive)
 
-    return {
-        "preact_layer": (("preact_layer",), np.array(names)),
-        "preact_hist": (("seed", "preact_layer", "preact_bin"), stack(hists)),
-        "preact_underflow": (("seed", "preact_layer"), stack(unders)),
-        "preact_overflow": (("seed", "preact_layer"), stack(overs)),
-        "preact_count": (("seed", "preact_layer"), stack(counts)),
-        "preact_sample": (
-            ("seed", "preact_layer", "preact_point", "preact_neuron"),
-            stack(samples),
-        ),
+    parts = {
+        "preact_hist": hists,
+        "preact_underflow": unders,
+        "preact_overflow": overs,
+        "preact_count": counts,
+        "preact_sample": samples,
     }
+    out: ProbeResult = {"preacts_layer": (("preacts_layer",), np.array(names))}
+    for var, values in parts.items():
+        out[var] = (PREACTS.result_dims(var), stack(values))
+    return out
 
 
 def preact_coords(options: PreactOptions) -> dict[str, tuple[tuple[str, ...], Any]]:
-    """Bin edges and centers (float64); layer names are recorded at run time."""
+    """Bin centers and edges (float64); layer names are recorded at run time."""
     edges = options.edges()
     return {
-        "preact_bin": (("preact_bin",), 0.5 * (edges[:-1] + edges[1:])),
-        "preact_bin_edge": (("preact_edge",), edges),
+        "preacts_bin": (("preacts_bin",), 0.5 * (edges[:-1] + edges[1:])),
+        "preacts_edge": (("preacts_edge",), edges),
     }
 
 

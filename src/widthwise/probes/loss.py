@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 from pydantic import Field
 
@@ -11,9 +13,10 @@ from widthwise.schedule import Schedule
 
 
 class TrainLossOptions(Schedule):
-    """Record the minibatch loss of every ``every``-th step (before that step's update)."""
+    """Record the minibatch loss of update t (computed before it changes the parameters);
+    default schedule: every step."""
 
-    every: int | None = Field(1, gt=0)
+    default_schedule: ClassVar[dict[str, Any] | None] = {"every": 1}
 
 
 class TestOptions(Schedule):
@@ -22,8 +25,15 @@ class TestOptions(Schedule):
     logits: bool = Field(True, description="also store the logits (seed, point, output)")
 
 
+def train_loss_probe(ctx: ProbeContext, options: TrainLossOptions) -> ProbeResult:
+    """train_loss (seed): each member's loss on update t's minibatch, the loss the update
+    descended (NaN for members frozen earlier). Free: the training step computed it."""
+    assert ctx.losses is not None, "train_loss runs after the update"
+    return {"train_loss": (("seed",), ctx.losses.cpu().numpy())}
+
+
 PROBES.register("train_loss", options=TrainLossOptions, description="minibatch training loss")(
-    ProbeDef(fn=None, step_dim="step")
+    ProbeDef(fn=train_loss_probe, step_dim="step", after_update=True, include_end=False)
 )
 
 

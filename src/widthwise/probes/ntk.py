@@ -54,19 +54,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
+from widthwise.dataset_schema import Dim, Schema, Var, declare
 from widthwise.ensemble import Ensemble
 from widthwise.probes.base import PROBES, ProbeContext, ProbeDef, ProbeResult, mask_diverged
 from widthwise.schedule import Schedule
+from widthwise.torch_compat import is_functorch_wrapped
 
 Implementation = Literal["structured", "jacobian", "auto"]
 Blocks = Literal["tensor", "layer"]
@@ -170,7 +172,7 @@ def _is_metadata(func: Callable) -> bool:
 
 
 def _wrapped(t: Tensor) -> bool:
-    return bool(torch._C._functorch.is_functorch_wrapped_tensor(t))
+    return is_functorch_wrapped(t)
 
 
 @dataclass
@@ -461,7 +463,11 @@ def ntk_vector_product(
 class EntkOptions(Schedule):
     """eNTK on the first ``points`` probe points (default schedule ``at: [init, end]``)."""
 
-    points: int = Field(64, ge=1, description="M: the first M points of the probe set")
+    default_schedule: ClassVar[dict[str, Any] | None] = {"at": ["init", "end"]}
+
+    points: int = Field(
+        64, ge=1, le=2**14, description="M: the first M points of the probe set (≤ 2¹⁴)"
+    )
     trace_outputs: bool = Field(False, description="M×M kernel summed over outputs")
     per_layer: bool = Field(False, description="also the blocks of each layer (or tensor)")
     blocks: Blocks = Field("layer", description="per_layer granularity: layer or tensor")
@@ -469,14 +475,64 @@ class EntkOptions(Schedule):
     implementation: Implementation = "auto"
     dtype: Literal["float32", "float64"] = "float32"
 
-    @model_validator(mode="before")
-    @classmethod
-    def _default_schedule(cls, data: object) -> object:
-        if isinstance(data, dict) and not any(
-            data.get(f) for f in ("every", "steps", "log_spaced", "at")
-        ):
-            return {**data, "at": ["init", "end"]}
-        return data
+
+_ENTK_FULL = ("entk_point_i", "entk_output_i", "entk_point_j", "entk_output_j")
+_ENTK_TRACED = ("entk_point_i", "entk_point_j")
+_ENTK = ("width", "seed", "entk_step")
+
+
+def _entk_var(name: str, meaning: str, when: str, layer: bool = False) -> Var:
+    lead = (*_ENTK, "entk_layer") if layer else _ENTK
+    return Var(
+        name,
+        (*lead, *_ENTK_FULL),
+        "output²",
+        meaning,
+        when=when,
+        alt_dims=(*lead, *_ENTK_TRACED),
+        alt_when="`trace_outputs: true`",
+    )
+
+
+ENTK = declare(
+    Schema(
+        "entk",
+        "entk_step",
+        (
+            Dim("entk_step", "steps of the `entk` probe", "steps"),
+            Dim("entk_layer", "layer (or tensor, `blocks: tensor`) of a block", "block names"),
+            Dim(
+                "entk_point_i",
+                "kernel row: one of the first M probe points",
+                "index into `point`",
+                index_of="point",
+            ),
+            Dim("entk_output_i", "kernel row: output unit (sequence models: position × output)"),
+            Dim(
+                "entk_point_j",
+                "kernel column: one of the first M probe points",
+                "index into `point`",
+                index_of="point",
+            ),
+            Dim("entk_output_j", "kernel column: output unit"),
+        ),
+        (
+            _entk_var("entk", "empirical NTK Σ_t J_t J_tᵀ w.r.t. the raw parameters", ""),
+            _entk_var(
+                "entk_lr",
+                "learning-rate weighted eNTK Σ_t lr_scale_t J_t J_tᵀ",
+                "`lr_weighted: true` (default)",
+            ),
+            _entk_var("entk_per_layer", "eNTK of each block", "`per_layer: true`", layer=True),
+            _entk_var(
+                "entk_per_layer_lr",
+                "lr-weighted eNTK of each block",
+                "`per_layer: true`, `lr_weighted: true`",
+                layer=True,
+            ),
+        ),
+    )
+)
 
 
 def entk_probe(ctx: ProbeContext, options: EntkOptions) -> ProbeResult:
@@ -485,9 +541,10 @@ def entk_probe(ctx: ProbeContext, options: EntkOptions) -> ProbeResult:
     ``entk`` (seed, P); ``entk_lr`` (seed, P) if ``lr_weighted``; ``entk_per_layer`` and
     ``entk_per_layer_lr`` (seed, entk_layer, P) if ``per_layer``, where P is
     ``entk_point_i, entk_output_i, entk_point_j, entk_output_j`` (full) or
-    ``entk_point_i, entk_point_j`` (``trace_outputs``). ``entk_point_i = i`` is probe
-    point i (the ``point`` coordinate of ``test_logits``); the ``entk_layer``
+    ``entk_point_i, entk_point_j`` (``trace_outputs``). The coordinates of
+    ``entk_point_i`` / ``_j`` are indices into ``point``; the ``entk_layer``
     coordinate holds :func:`block_names` (MLP, layers: l1, ..., l{depth-1}, out).
+    Declared in :data:`ENTK`.
     """
     m = min(options.points, ctx.probe_x.shape[0])
     res = empirical_ntk(
@@ -501,24 +558,20 @@ def entk_probe(ctx: ProbeContext, options: EntkOptions) -> ProbeResult:
         dtype=DTYPES[options.dtype],
         members=ctx.alive,
     )
-    pdims = (
-        ("entk_point_i", "entk_point_j")
-        if options.trace_outputs
-        else ("entk_point_i", "entk_output_i", "entk_point_j", "entk_output_j")
-    )
     alive = ctx.alive.detach().cpu().numpy().astype(bool)
 
-    def arr(t: Tensor) -> np.ndarray:
-        return mask_diverged(t.detach().cpu().numpy(), alive)
+    def arr(name: str, t: Tensor) -> tuple[tuple[str, ...], np.ndarray]:
+        dims = ENTK.result_dims(name, alt=options.trace_outputs)
+        return dims, mask_diverged(t.detach().cpu().numpy(), alive)
 
-    out: ProbeResult = {"entk": (("seed", *pdims), arr(res.kernel))}
+    out: ProbeResult = {"entk": arr("entk", res.kernel)}
     if res.lr is not None:
-        out["entk_lr"] = (("seed", *pdims), arr(res.lr))
+        out["entk_lr"] = arr("entk_lr", res.lr)
     if res.blocks is not None:
-        out["entk_per_layer"] = (("seed", "entk_layer", *pdims), arr(res.blocks))
+        out["entk_per_layer"] = arr("entk_per_layer", res.blocks)
         out["entk_layer"] = (("entk_layer",), np.array(res.block_names))  # coordinate
     if res.blocks_lr is not None:
-        out["entk_per_layer_lr"] = (("seed", "entk_layer", *pdims), arr(res.blocks_lr))
+        out["entk_per_layer_lr"] = arr("entk_per_layer_lr", res.blocks_lr)
     return out
 
 

@@ -66,13 +66,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 
+from widthwise.dataset_schema import Dim, Schema, Var, declare
 from widthwise.ensemble import Ensemble
 from widthwise.losses import per_member_loss
 from widthwise.probes.base import PROBES, ProbeContext, ProbeDef, ProbeResult, mask_diverged
@@ -388,15 +389,21 @@ class SharpnessOptions(Schedule):
     Default schedule (when none of every/steps/log_spaced/at is given): ``log_spaced: 20``.
     """
 
-    k: int = Field(1, ge=1, description="eigenvalues per operator, largest algebraic first")
+    default_schedule: ClassVar[dict[str, Any] | None] = {"log_spaced": 20}
+
+    k: int = Field(
+        1, ge=1, le=1000, description="eigenvalues per operator, largest algebraic first"
+    )
     method: Literal["lanczos", "power"] = "lanczos"
-    iters: int = Field(100, ge=1, description="maximum iterations (power: k HVPs each)")
+    iters: int = Field(
+        100, ge=1, le=10**5, description="maximum iterations (power: k HVPs each; ≤ 10⁵)"
+    )
     tol: float = Field(1e-3, gt=0, description="stop at residual ≤ tol·|eigenvalue|")
-    batch_points: int = Field(256, ge=1, description="first points of the probe set used")
+    batch_points: int = Field(256, ge=1, le=10**6, description="first points of the probe set used")
     plain: bool = Field(True, description="eig(H) itself (false: only the operators below)")
     lr_weighted: bool = Field(True, description="also eig(Λ^½ H Λ^½), Λ = lr scales")
     preconditioned: bool = Field(False, description="also Adam's eig(P⁻¹H), if Adam")
-    seed: int = Field(0, ge=0, description="seed of the random start vectors")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the random start vectors")
 
     @model_validator(mode="after")
     def _some_operator(self) -> SharpnessOptions:
@@ -404,14 +411,52 @@ class SharpnessOptions(Schedule):
             raise ValueError("plain, lr_weighted and preconditioned are all false: nothing to do")
         return self
 
-    @model_validator(mode="before")
-    @classmethod
-    def _default_schedule(cls, data: object) -> object:
-        if isinstance(data, dict) and not any(
-            data.get(f) for f in ("every", "steps", "log_spaced", "at")
-        ):
-            return {**data, "log_spaced": 20}
-        return data
+
+_SHARP = ("width", "seed", "sharpness_step")
+_EIG = (*_SHARP, "sharpness_eig")
+
+
+def _operator_vars(var: str, what: str, units: str, when: str) -> tuple[Var, ...]:
+    return (
+        Var(var, _EIG, units, f"top-k eigenvalues of {what}", when=when),
+        Var(
+            f"{var}_residual",
+            _EIG,
+            "as the eigenvalue",
+            "true residual ‖Av − θv‖ of each unit Ritz vector",
+            when=when,
+        ),
+        Var(f"{var}_iters", _SHARP, "iterations", "iterations the member needed", when=when),
+    )
+
+
+SHARPNESS = declare(
+    Schema(
+        "sharpness",
+        "sharpness_step",
+        (
+            Dim("sharpness_step", "steps of the `sharpness` probe", "steps"),
+            Dim("sharpness_eig", "eigenvalue index, 0 = the largest (`k` entries)", "0 … k−1"),
+        ),
+        (
+            *_operator_vars(
+                "sharpness", "H = ∇²L w.r.t. the raw w", "loss/w²", "`plain: true` (default)"
+            ),
+            *_operator_vars(
+                "sharpness_lr",
+                "Λ^½HΛ^½ (Λ: per-tensor lr scales)",
+                "loss/w²",
+                "`lr_weighted: true` (default)",
+            ),
+            *_operator_vars(
+                "sharpness_precond",
+                "P⁻¹H (P: Adam's preconditioner; NaN before the first update)",
+                "dimensionless",
+                "`preconditioned: true`, with Adam",
+            ),
+        ),
+    )
+)
 
 
 def _healthy_params(params: dict[str, Tensor], alive: Tensor) -> dict[str, Tensor]:
@@ -433,6 +478,7 @@ def sharpness_probe(ctx: ProbeContext, options: SharpnessOptions) -> ProbeResult
     ``sharpness``, ``sharpness_residual`` (seed, sharpness_eig); ``sharpness_iters``
     (seed,); likewise ``sharpness_lr*`` (``lr_weighted``) and ``sharpness_precond*``
     (``preconditioned`` with an Adam-type ``ctx.optimizer``; omitted otherwise).
+    Declared in :data:`SHARPNESS`.
     """
     alive = ctx.alive.detach().cpu().numpy().astype(bool)
     e, k = ctx.ensemble.size, options.k
@@ -446,11 +492,17 @@ def sharpness_probe(ctx: ProbeContext, options: SharpnessOptions) -> ProbeResult
     if precond is not None:
         ops["sharpness_precond"] = "precond"
     out: ProbeResult = {}
+
+    def put(var: str, values: np.ndarray, residuals: np.ndarray, iters: np.ndarray) -> None:
+        for name, v in ((var, values), (f"{var}_residual", residuals), (f"{var}_iters", iters)):
+            out[name] = (SHARPNESS.result_dims(name), v)
+
+    def put_nan(var: str) -> None:
+        put(var, np.full((e, k), np.nan), np.full((e, k), np.nan), np.full(e, np.nan))
+
     if not alive.any():
         for var in ops:
-            out[var] = (("seed", "sharpness_eig"), np.full((e, k), np.nan))
-            out[f"{var}_residual"] = (("seed", "sharpness_eig"), np.full((e, k), np.nan))
-            out[f"{var}_iters"] = (("seed",), np.full(e, np.nan))
+            put_nan(var)
         return out
     params = _healthy_params(ctx.params, ctx.alive)
     hvp, flat = ensemble_hvp(ctx.ensemble, params, x, y)
@@ -475,19 +527,15 @@ def sharpness_probe(ctx: ProbeContext, options: SharpnessOptions) -> ProbeResult
                 scale = torch.where(bad[:, None], torch.ones_like(scale), scale)
                 unusable[var] = bad.cpu().numpy()
                 if not (alive & ~unusable[var]).any():  # e.g. step 0: nothing to compute
-                    nan = np.full((e, k), np.nan)
-                    out[var] = (("seed", "sharpness_eig"), nan)
-                    out[f"{var}_residual"] = (("seed", "sharpness_eig"), nan.copy())
-                    out[f"{var}_iters"] = (("seed",), np.full(e, np.nan))
+                    put_nan(var)
                     continue
         results[var] = solver(
             scaled(hvp, scale), like, k=k, iters=options.iters, tol=options.tol, seed=options.seed
         )
     for var, r in results.items():
         ok = alive & ~unusable.get(var, np.zeros(e, dtype=bool))
-        out[var] = (("seed", "sharpness_eig"), _masked(r.values, ok))
-        out[f"{var}_residual"] = (("seed", "sharpness_eig"), _masked(r.residuals, ok))
-        out[f"{var}_iters"] = (("seed",), mask_diverged(r.iters.numpy().astype(np.float64), ok))
+        iters = mask_diverged(r.iters.numpy().astype(np.float64), ok)
+        put(var, _masked(r.values, ok), _masked(r.residuals, ok), iters)
     return {key: out[key] for key in sorted(out)}
 
 

@@ -30,9 +30,9 @@ class TrainEvalOptions(Schedule):
     """Options of the ``train_eval`` probe (a schedule key is required, as for ``test``)."""
 
     points: int = Field(
-        1024, gt=0, description="training examples evaluated (all of them if fewer)"
+        1024, gt=0, le=10**7, description="training examples evaluated (all of them if fewer)"
     )
-    chunk: int = Field(512, gt=0, description="examples per forward pass (bounds memory)")
+    chunk: int = Field(512, gt=0, le=2**20, description="examples per forward pass (bounds memory)")
 
 
 def _tensors(ctx: ProbeContext, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

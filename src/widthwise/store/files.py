@@ -121,3 +121,27 @@ def read_lines(path: Path) -> tuple[list[dict[str, Any]], int]:
             else:
                 bad += 1
     return records, bad
+
+
+def read_tail_lines(path: Path, tail_bytes: int = 16384) -> list[dict[str, Any]]:
+    """The complete, parseable records among the last ``tail_bytes`` of a :class:`LineLog`
+    (oldest first; torn and corrupt lines skipped; ``[]`` if the file is missing)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - tail_bytes))
+            lines = f.read().split(b"\n")
+    except OSError:
+        return []
+    if size > tail_bytes:
+        lines = lines[1:]  # the first line read is cut by the seek
+    out = []
+    for raw in lines:
+        try:
+            rec = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out

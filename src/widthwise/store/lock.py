@@ -22,6 +22,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -205,3 +206,21 @@ def lock_holder(width_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
         return None
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def writer_lock(width_dir: str | os.PathLike[str]) -> Iterator[WidthLock]:
+    """Hold the width directory's writer lock for the block.
+
+    Another live writer is a one-line :class:`StoreError` naming it; a directory where
+    the lock cannot even be created (read-only, full) is one too.
+    """
+    lock = WidthLock(width_dir)
+    try:
+        lock.acquire()
+    except OSError as err:
+        raise StoreError(f"out: cannot write {lock.dir}: {err.strerror or err}") from None
+    try:
+        yield lock
+    finally:
+        lock.release()

@@ -15,9 +15,87 @@ import numpy as np
 import xarray as xr
 from pydantic import ValidationError
 
+from widthwise.dataset_schema import (
+    Dim,
+    Schema,
+    Var,
+    declare,
+    declared_dims,
+    declared_vars,
+    legacy_dims,
+)
 from widthwise.errors import StoreError, UserError
 from widthwise.probes import PROBES
 from widthwise.store.study_dir import StudyDir
+from widthwise.summary import width_state
+
+STUDY = declare(
+    Schema(
+        "study",
+        None,
+        (
+            Dim("width", "the study's widths (those with results)", "widths"),
+            Dim("seed", "seed ids (`seeds: 4` → 0, 1, 2, 3)", "seed ids"),
+            Dim("point", "a point of the fixed probe (test) set", "0 … probe_points−1"),
+            Dim("position", "position in a sequence (sequence models)"),
+            Dim("output", "output unit (1 for scalar regression, C for C classes)", "0 … C−1"),
+        ),
+        (
+            Var(
+                "test_target",
+                ("point", "output"),
+                "target",
+                "regression targets of the probe set",
+                when="regression streams",
+            ),
+            Var(
+                "test_label",
+                ("point",),
+                "class",
+                "class labels of the probe set",
+                when="classification streams",
+                alt_dims=("point", "position"),
+                alt_when="token streams (label per position)",
+            ),
+            Var(
+                "diverged_step",
+                ("width", "seed"),
+                "step",
+                "step at which a member diverged and was frozen; -1: never",
+            ),
+            Var(
+                "status",
+                ("width",),
+                "",
+                "state of the width's run, the word `widthwise show` prints "
+                "(`widthwise.summary.width_state`): `done`; `running` (a live process holds "
+                "the writer lock); `interrupted` (stopped without a live writer, e.g. killed: "
+                "`widthwise run` resumes it); `failed` (its status.json says why); `unknown` "
+                "(status.json missing or unreadable)",
+            ),
+            Var(
+                "step_reached",
+                ("width",),
+                "step",
+                "updates the width had taken when its status was last written (`steps` "
+                "when done; where a failed run stopped; a killed run's last checkpoint); "
+                "-1: unknown. Steps it did not reach hold NaN",
+            ),
+            Var(
+                "wall_time",
+                ("width",),
+                "s",
+                "training wall time of the width (all seeds), summed over sessions; NaN if unknown",
+            ),
+        ),
+    )
+)
+
+_RENAMED = legacy_dims()  # dims of stores written before the naming rule, by their names now
+
+
+def _current(dims: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(_RENAMED.get(d, d) for d in dims)
 
 
 def _step_dim(probe: str) -> str:
@@ -85,6 +163,7 @@ def _width_dataset(study: StudyDir, width: int, seeds: list[int]) -> tuple[xr.Da
         bad += len(by_step) - len(steps)
         sd = _step_dim(probe)
         stacked = np.stack([by_step[s] for s in steps], axis=1)  # (seed, step, ...)
+        dims = _current(dims)
         data[name] = xr.DataArray(
             stacked, dims=(dims[0], sd, *dims[1:]), coords={"seed": seeds, sd: steps}
         )
@@ -99,6 +178,15 @@ def open_study(path: str | PathLike[str]) -> xr.Dataset:
     scalar lines and partial array files are skipped (and counted in
     ``attrs["skipped_records"]``), never reported as data. Diverged members are NaN
     from the step they diverged; ``diverged_step`` (width, seed) says when (-1: never).
+    ``status`` (width) is the state ``widthwise show`` prints (one function decides it:
+    :func:`widthwise.summary.width_state`), ``step_reached`` (width) how far each width
+    got; ``attrs`` hold ``steps``, ``planned_widths`` (the manifest's, started or not) and
+    ``loss``, the loss the study trained with, which ``test_target`` / ``test_label`` /
+    ``test_logits`` also carry as ``attrs["loss"]`` so :func:`widthwise.analysis.probe_loss`
+    reproduces ``test_loss`` (mse on labels: one-hot).
+    Every dim, coordinate and variable is declared in :mod:`widthwise.dataset_schema`
+    (docs/dataset.md); dims of stores written under earlier names are read under the
+    current ones.
     """
     study = StudyDir(Path(path))
     if not study.path.is_dir():
@@ -106,19 +194,20 @@ def open_study(path: str | PathLike[str]) -> xr.Dataset:
     manifest, widths, seeds = study_layout(study)
     spec = study.read_spec_dict()
     per_width, present, skipped = [], [], 0
-    statuses, walls, diverged = [], [], []
+    statuses, walls, diverged, reached = [], [], [], []
     for width in widths:
         wd = study.width_dir(width)
         if not wd.path.is_dir():
             continue
         ds, bad = _width_dataset(study, width, seeds)
         skipped += bad
-        state, wall, div = status_values(wd.read_status(), len(seeds))
+        ws = width_state(study, width, seeds)  # the state `widthwise show` prints
         per_width.append(ds)
         present.append(width)
-        statuses.append(state)
-        walls.append(wall)
-        diverged.append(div)
+        statuses.append(ws.state)
+        walls.append(ws.wall_time)
+        diverged.append([ws.diverged.get(s, -1) for s in seeds])
+        reached.append(ws.step if ws.step is not None else -1)
     if not per_width:
         raise StoreError(f"{study.path}: the study has no results yet; run it first")
     try:
@@ -137,6 +226,7 @@ def open_study(path: str | PathLike[str]) -> xr.Dataset:
         ) from None
     ds = ds.assign_coords(seed=seeds)
     ds["status"] = ("width", np.array(statuses, dtype=str))
+    ds["step_reached"] = ("width", np.array(reached, dtype=np.int64))
     ds["wall_time"] = ("width", np.array(walls))
     ds["diverged_step"] = (("width", "seed"), np.array(diverged, dtype=np.int64))
     x, y = _probe_set(study)
@@ -156,6 +246,8 @@ def open_study(path: str | PathLike[str]) -> xr.Dataset:
     )
     param = spec.get("parameterization")
     base = spec.get("base_width")
+    steps = spec.get("steps")
+    loss = training_loss_of(spec, y)
     ds.attrs.update(
         name=str(manifest.get("name", "")),
         spec_hash=str(manifest["spec_hash"]),
@@ -163,10 +255,14 @@ def open_study(path: str | PathLike[str]) -> xr.Dataset:
         base_width=base if type(base) is int else present[0],
         spec=json.dumps(spec),
         skipped_records=skipped,
+        loss=loss,
+        steps=steps if type(steps) is int else -1,
+        planned_widths=list(widths),
     )
     _attach_probe_coords(ds, spec)
     for width in present:  # coordinates recorded at run time (e.g. layer names)
         for cname, (dims, values) in study.width_dir(width).read_coords().items():
+            cname, dims = _RENAMED.get(cname, cname), _current(dims)
             shape = np.shape(values)
             fits = (
                 len(shape) == len(dims)
@@ -176,8 +272,21 @@ def open_study(path: str | PathLike[str]) -> xr.Dataset:
             if cname not in ds.coords and fits:
                 with contextlib.suppress(ValueError):
                     ds.coords[cname] = (tuple(dims), np.asarray(values))
+    _attach_point_indices(ds)
     _annotate(ds)
+    for name in ("test_target", "test_label", "test_logits"):  # what the analysis reads
+        if name in ds:
+            ds[name].attrs["loss"] = loss
     return ds
+
+
+def training_loss_of(spec: dict[str, Any], y: np.ndarray) -> str:
+    """The loss the study trained with: the spec's ``loss``, else the stream's own (float
+    targets: ``mse``; integer labels: ``cross_entropy``), as ``streams.training_loss``."""
+    loss = spec.get("loss")
+    if loss in ("mse", "cross_entropy"):
+        return loss
+    return "mse" if np.issubdtype(y.dtype, np.floating) else "cross_entropy"
 
 
 def _probe_set(study: StudyDir) -> tuple[np.ndarray, np.ndarray]:
@@ -212,20 +321,16 @@ def _attach_probe_coords(ds: xr.Dataset, spec: dict) -> None:
                 ds.coords[cname] = (dims, np.asarray(values))
 
 
-_DOCS = {
-    "train_loss": ("minibatch training loss before the update of that step", "loss"),
-    "test_loss": ("loss on the fixed probe set", "loss"),
-    "test_error": ("classification error on the probe set", "fraction"),
-    "test_logits": ("network outputs on the probe set", "logit"),
-    "test_target": ("regression targets of the probe set", "target"),
-    "test_label": ("class labels of the probe set", "class"),
-    "wall_time": ("training wall time of the width (all seeds, all sessions)", "s"),
-    "diverged_step": ("step at which a member diverged and was frozen; -1: never", "step"),
-    "status": ("state of the width's run: done, running, failed", ""),
-}
+def _attach_point_indices(ds: xr.Dataset) -> None:
+    """A probe's points are the first probe points: coordinate 0 … M−1 on each such dim
+    (``Dim.index_of``), so e.g. ``ds.test_target.sel(point=ds.kernels_point_i)`` lines up."""
+    for name, dim in declared_dims().items():
+        if dim.index_of and name in ds.dims and name not in ds.coords:
+            ds.coords[name] = np.arange(ds.sizes[name])
 
 
 def _annotate(ds: xr.Dataset) -> None:
-    for name, (desc, units) in _DOCS.items():
+    """``description`` and ``units`` attrs of every declared variable present."""
+    for name, var in declared_vars().items():
         if name in ds:
-            ds[name].attrs.update(description=desc, units=units)
+            ds[name].attrs.update(description=var.meaning, units=var.units)

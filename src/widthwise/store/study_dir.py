@@ -46,6 +46,38 @@ def package_versions() -> dict[str, str]:
     }
 
 
+MAX_CHANGES = 3
+"""Differing keys a changed-spec refusal names (the rest are counted)."""
+
+
+def _brief(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def spec_changes(old: Any, new: Any, limit: int = MAX_CHANGES) -> list[str]:
+    """``key: old → new`` for each dotted key whose value differs between two spec mappings
+    (recursively; lists compare whole), the first ``limit`` named and the rest counted:
+    ``["optimizer.lr: 0.1 → 0.2", "steps: 400 → 800", "and 3 more"]``."""
+    found: list[str] = []
+    missing = object()
+
+    def walk(a: Any, b: Any, key: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in [*a, *(k for k in b if k not in a)]:
+                walk(a.get(k, missing), b.get(k, missing), f"{key}.{k}" if key else str(k))
+        elif a is missing or b is missing or a != b or type(a) is not type(b):
+            before = "(absent)" if a is missing else _brief(a)
+            after = "(absent)" if b is missing else _brief(b)
+            if before != after:
+                found.append(f"{key}: {before} → {after}")
+
+    walk(old, new, "")
+    if len(found) > limit:
+        return [*found[:limit], f"and {len(found) - limit} more"]
+    return found
+
+
 def width_dirname(width: int) -> str:
     """``width_00064``: zero-padded so directory listings sort by width."""
     return f"width_{width:05d}"
@@ -102,6 +134,24 @@ class StudyDir:
             raise StoreError(f"{path}: not a spec mapping (a {type(spec).__name__})")
         return spec
 
+    def other_spec_message(self, manifest: dict[str, Any], spec: Any, spec_hash: str) -> str:
+        """The refusal of a spec other than the one that made this study: the keys that
+        differ (stored ``spec.yaml`` vs ``spec``, hashed keys only) and both hashes."""
+        try:
+            from widthwise.spec import hashed_part
+
+            old = hashed_part(self.read_spec_dict())
+            new = hashed_part(spec.model_dump(mode="json"))
+            changes = spec_changes(old, new)
+        except Exception:  # noqa: BLE001  (no readable spec.yaml: the hashes still tell)
+            changes = []
+        what = f"{', '.join(changes)}; " if changes else ""
+        return (
+            f"out: {self.path} holds study {manifest.get('name')!r} made by a different spec "
+            f"({what}hash {manifest['spec_hash']} != {spec_hash}); use another --out or "
+            "delete the directory"
+        )
+
     @staticmethod
     def check_writable(path: Path) -> None:
         """Fail early (before anything is written) if ``path`` cannot become a study dir."""
@@ -144,11 +194,7 @@ class StudyDir:
         if self.manifest_path.exists():
             manifest = self.read_manifest()
             if manifest["spec_hash"] != spec_hash:
-                raise StoreError(
-                    f"out: {self.path} holds study {manifest.get('name')!r} made by a different "
-                    f"spec (hash {manifest['spec_hash']} != {spec_hash}); use another --out or "
-                    "delete the directory"
-                )
+                raise StoreError(self.other_spec_message(manifest, spec, spec_hash))
             return True
         self.check_writable(self.path)
         if self.path.exists() and not self._is_unfinished_prepare():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import struct
 import zipfile
@@ -23,6 +24,7 @@ from widthwise.store.files import (
     atomic_write_json,
     atomic_write_npz,
     read_lines,
+    read_tail_lines,
 )
 
 PROBE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -49,7 +51,8 @@ class WidthDir:
           scalars.jsonl          {"probe", "step", "vars": {name: [per seed]}} per line
           arrays/<probe>/dims.json          {var: [dim, ...]} (first dim "seed")
           arrays/<probe>/<step:09d>.npz     one atomic file per logged step
-          checkpoint.pt          atomic, loaded with weights_only=True
+          checkpoint.pt          atomic, loaded with weights_only=True, CRCs verified
+          checkpoint.prev.pt     the checkpoint before it (a damaged one falls back here)
     """
 
     def __init__(self, path: Path) -> None:
@@ -57,17 +60,28 @@ class WidthDir:
         self.scalars_path = self.path / "scalars.jsonl"
         self.arrays_dir = self.path / "arrays"
         self.checkpoint_path = self.path / "checkpoint.pt"
+        self.previous_checkpoint_path = self.path / "checkpoint.prev.pt"
         self.status_path = self.path / "status.json"
         self._log: LineLog | None = None
         self._dims_written: set[object] = set()
+        self.kinds: dict[str, set[str]] = {}
+        """What each probe wrote since this object was made: "scalars" and/or "arrays"."""
 
     # -- writing -------------------------------------------------------------
-    def open_for_writing(self) -> None:
-        """Create the directory, remove dead writers' temporary files, open the scalar log."""
+    def open_for_writing(self, *, resume_at: int | None = None) -> None:
+        """Create the directory, remove dead writers' temporary files, open the scalar log.
+
+        ``resume_at``: the step of the checkpoint a run resumes from; everything logged
+        at later steps (by the run that was stopped) is dropped first, so the resumed
+        run logs each step once.
+        """
+        self.close()
         self.path.mkdir(parents=True, exist_ok=True)
         self.arrays_dir.mkdir(exist_ok=True)
         for stale in self.path.rglob(f"{TMP_PREFIX}*"):
             stale.unlink()
+        if resume_at is not None:
+            self.truncate_from(resume_at)
         self._log = LineLog(self.scalars_path)
 
     def close(self) -> None:
@@ -99,6 +113,7 @@ class WidthDir:
             self._dims_written.add((probe, "coords"))
         if scalars:
             self._log.append({"probe": probe, "step": step, "vars": scalars})
+            self.kinds.setdefault(probe, set()).add("scalars")
         if arrays:
             pdir = self.arrays_dir / probe
             if probe not in self._dims_written:
@@ -106,40 +121,87 @@ class WidthDir:
                 atomic_write_json(pdir / "dims.json", {k: list(d) for k, (d, _) in arrays.items()})
                 self._dims_written.add(probe)
             atomic_write_npz(pdir / f"{step:09d}.npz", {k: v for k, (_, v) in arrays.items()})
+            self.kinds.setdefault(probe, set()).add("arrays")
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        """Sync the scalar log, then atomically replace ``checkpoint.pt`` with ``state``."""
+        """Sync the scalar log, keep the current checkpoint as the previous one, then
+        atomically write ``state`` as ``checkpoint.pt``."""
         if self._log is not None:
             self._log.sync()  # everything logged so far is on disk before the checkpoint
         buf = io.BytesIO()
         torch.save(state, buf)
+        if self.checkpoint_path.exists():
+            os.replace(self.checkpoint_path, self.previous_checkpoint_path)
         atomic_write_bytes(self.checkpoint_path, buf.getvalue())
 
-    def load_checkpoint(self) -> dict[str, Any] | None:
-        """The checkpoint (``torch.load(weights_only=True)``: no code runs), or None if absent.
+    def has_checkpoint(self) -> bool:
+        """Whether a checkpoint (current or previous) exists to resume from."""
+        return self.checkpoint_path.exists() or self.previous_checkpoint_path.exists()
 
-        Raises :class:`StoreError` (one line) for a file that is not a readable
-        checkpoint mapping; the trainer checks its contents against the width.
+    def checkpoint_paths(self) -> list[Path]:
+        """The checkpoints to try, newest first (those that exist)."""
+        return [p for p in (self.checkpoint_path, self.previous_checkpoint_path) if p.exists()]
+
+    def load_checkpoint(self, path: Path | None = None) -> dict[str, Any] | None:
+        """A checkpoint (``checkpoint.pt`` unless ``path``), or None if absent.
+
+        Every member's CRC-32 is verified first (``torch.load`` does not), then it is
+        read with ``torch.load(weights_only=True)``: no code runs. Raises
+        :class:`StoreError` (one line) for a damaged file or one that is not a
+        checkpoint mapping; the job checks its contents against the width.
         """
-        if not self.checkpoint_path.exists():
+        path = self.checkpoint_path if path is None else path
+        if not path.exists():
             return None
+        damage = _zip_damage(path)
+        if damage is not None:
+            raise StoreError(
+                f"{path}: damaged checkpoint ({damage}); delete it to restart this width"
+            )
         try:
-            state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001  (any unreadable checkpoint is one user-facing error)
             raise StoreError(
-                f"{self.checkpoint_path}: unreadable checkpoint ({type(err).__name__}); "
+                f"{path}: unreadable checkpoint ({type(err).__name__}); "
                 "delete it to restart this width from scratch"
             ) from None
         if not isinstance(state, dict):
             raise StoreError(
-                f"{self.checkpoint_path}: not a widthwise checkpoint (a {type(state).__name__}, "
+                f"{path}: not a widthwise checkpoint (a {type(state).__name__}, "
                 "not a mapping); delete it to restart this width from scratch"
             )
         return state
 
+    def logged_steps(self) -> dict[str, dict[str, set[int]]]:
+        """{probe: {"scalars": steps with a good scalar record, "arrays": steps with an
+        intact npz}}: what is on disk, for checking that a resume leaves no hole."""
+        out: dict[str, dict[str, set[int]]] = {}
+        records, _ = read_lines(self.scalars_path)
+        for r in records:
+            try:
+                probe, step = str(r["probe"]), int(r["step"])
+                if not isinstance(r["vars"], dict):
+                    continue
+            except (KeyError, TypeError, ValueError):
+                continue
+            out.setdefault(probe, {"scalars": set(), "arrays": set()})["scalars"].add(step)
+        if self.arrays_dir.is_dir():
+            for pdir in self.arrays_dir.iterdir():
+                if pdir.is_symlink() or not pdir.is_dir():
+                    continue
+                steps = out.setdefault(pdir.name, {"scalars": set(), "arrays": set()})["arrays"]
+                for f in pdir.glob("*.npz"):
+                    if f.stem.isdigit() and _zip_damage(f) is None:
+                        steps.add(int(f.stem))
+        return out
+
     def truncate_from(self, step: int) -> None:
-        """Forget everything logged at steps >= ``step`` (resuming from a checkpoint at ``step``)."""
-        self.close()
+        """Forget everything logged at steps >= ``step`` (resuming from a checkpoint at ``step``).
+
+        The scalar log must be closed (:meth:`open_for_writing` does both in order).
+        """
+        if self._log is not None:
+            raise RuntimeError("truncate_from: close the scalar log first")
         records, _ = read_lines(self.scalars_path)
         kept = [r for r in records if r.get("step", 0) < step]
         text = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in kept)
@@ -164,6 +226,21 @@ class WidthDir:
         except (OSError, ValueError):  # ValueError: bad JSON or bad UTF-8
             return {}
         return status if isinstance(status, dict) else {}
+
+    def last_scalar(
+        self, probe: str, var: str, *, tail_bytes: int = 16384
+    ) -> tuple[int, list[float]] | None:
+        """The last logged ``(step, per-seed values)`` of ``probe``'s ``var``, or None.
+
+        Reads only the end of the scalar log, so polling a running width is cheap.
+        """
+        for r in reversed(read_tail_lines(self.scalars_path, tail_bytes)):
+            try:
+                if r["probe"] == probe:
+                    return int(r["step"]), [float(v) for v in r["vars"][var]]
+            except (KeyError, TypeError, ValueError):
+                continue
+        return None
 
     def read_scalars(
         self, n_seeds: int | None = None
@@ -254,3 +331,13 @@ def _valid_dims(dims: Any) -> bool:
         isinstance(d, list) and d and d[0] == "seed" and all(isinstance(x, str) for x in d)
         for d in dims.values()
     )
+
+
+def _zip_damage(path: Path) -> str | None:
+    """What is wrong with a zip file (checkpoint, npz), or None if every CRC matches."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError, zlib.error, struct.error) as err:
+        return f"not a readable zip file: {type(err).__name__}"
+    return None if bad is None else f"CRC mismatch in {bad}"

@@ -152,7 +152,7 @@ class Cifar10Options(ImageOptions):
     path: str = Field(description="directory with data_batch_1..5 and test_batch")
 
 
-@STREAMS.register("cifar10", options=Cifar10Options)
+@STREAMS.register("cifar10", options=Cifar10Options, loss="cross_entropy")
 def build_cifar10(seed: int, options: Cifar10Options) -> Stream:
     """CIFAR-10 from the python batches: (3, 32, 32) images, 10 classes (cross-entropy)."""
     d = cifar10_dir(expand(options.path))

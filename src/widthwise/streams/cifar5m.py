@@ -199,7 +199,7 @@ class Cifar5mOptions(ImageOptions):
     )
 
 
-@STREAMS.register("cifar5m", options=Cifar5mOptions)
+@STREAMS.register("cifar5m", options=Cifar5mOptions, loss="cross_entropy")
 def build_cifar5m(seed: int, options: Cifar5mOptions) -> Stream:
     """CIFAR-5m from its npz parts, memory-mapped: (3, 32, 32) images, 10 classes."""
     d = require_dir("cifar5m", expand(options.path), "the cifar5m_part*.npz parts")

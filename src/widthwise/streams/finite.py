@@ -192,7 +192,9 @@ class ImageOptions(OfflineOptions):
     augment: AugmentName = Field(
         "none", description="none, crop_flip (A.2.1) or autoaugment (A.2.3, needs [vision])"
     )
-    crop_padding: int = Field(4, ge=0, description="zero padding of the random crop (pixels)")
+    crop_padding: int = Field(
+        4, ge=0, le=1024, description="zero padding of the random crop (pixels; ≤ 1024)"
+    )
     normalize: bool = Field(True, description="standardize each channel (else pixel / 255)")
 
 

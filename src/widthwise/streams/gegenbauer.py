@@ -38,9 +38,11 @@ class GegenbauerOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    dim: int = Field(16, ge=3, description="input dimension D (inputs on the sphere S^{D-1})")
-    degree: int = Field(2, ge=1, description="polynomial degree k")
-    noise: float = Field(0.0, ge=0.0, description="std of Gaussian label noise")
+    dim: int = Field(
+        16, ge=3, le=2**16, description="input dimension D (inputs on the sphere S^{D-1}; ≤ 2¹⁶)"
+    )
+    degree: int = Field(2, ge=1, le=1000, description="polynomial degree k (≤ 1000)")
+    noise: float = Field(0.0, ge=0.0, le=1e6, description="std of Gaussian label noise")
 
 
 class GegenbauerStream(Stream):
@@ -72,7 +74,7 @@ class GegenbauerStream(Stream):
         return (math.sqrt(d) * z).astype(np.float32), y[:, None].astype(np.float32)
 
 
-@STREAMS.register("gegenbauer", options=GegenbauerOptions)
+@STREAMS.register("gegenbauer", options=GegenbauerOptions, loss="mse")
 def build_gegenbauer(seed: int, options: GegenbauerOptions) -> Stream:
     """Gegenbauer polynomial regression on the sphere (MSE; paper A.1)."""
     return GegenbauerStream(seed, options)

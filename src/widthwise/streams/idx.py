@@ -120,7 +120,7 @@ class FashionMNISTOptions(ImageOptions):
     )
 
 
-@STREAMS.register("fashion_mnist", options=FashionMNISTOptions)
+@STREAMS.register("fashion_mnist", options=FashionMNISTOptions, loss="cross_entropy")
 def build_fashion_mnist(seed: int, options: FashionMNISTOptions) -> Stream:
     """Fashion-MNIST from local idx files: (1, 28, 28) images, 10 classes (cross-entropy)."""
     d = require_dir("fashion_mnist", expand(options.path), "the Fashion-MNIST idx files")

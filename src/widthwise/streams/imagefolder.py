@@ -165,7 +165,9 @@ class ImageFolderOptions(ImageOptions):
     """Options of the ``image_folder`` stream."""
 
     path: str = Field(description="root directory: root/<class>/<image> (or root/train, root/val)")
-    size: int = Field(32, ge=1, description="images are resized and center-cropped to size×size")
+    size: int = Field(
+        32, ge=1, le=4096, description="images are resized and center-cropped to size×size"
+    )
     channels: Literal[1, 3] = Field(3, description="3: RGB, 1: grayscale")
     holdout: int | None = Field(
         None, gt=0, description="without train/val dirs: held-out images (default min(10000, 10%))"
@@ -173,7 +175,7 @@ class ImageFolderOptions(ImageOptions):
     cache_dir: str | None = Field(None, description="save the decoded arrays here (optional)")
 
 
-@STREAMS.register("image_folder", options=ImageFolderOptions)
+@STREAMS.register("image_folder", options=ImageFolderOptions, loss="cross_entropy")
 def build_image_folder(seed: int, options: ImageFolderOptions) -> Stream:
     """Images in class subdirectories (Pillow): (channels, size, size), one class per dir."""
     root = require_dir("image_folder", expand(options.path), "a directory of class subdirectories")

@@ -119,10 +119,6 @@ class EpochOrder:
             out[sel] = self.permutation(int(e))[within[sel]]
         return out
 
-    def epoch_of(self, step: int, size: int) -> float:
-        """Epochs completed before batch ``step`` (fractional)."""
-        return step * size / self.n
-
 
 def train_eval_indices(seed: int, n_train: int, points: int) -> np.ndarray:
     """A fixed sample (without replacement) of ``min(points, n_train)`` training indices."""

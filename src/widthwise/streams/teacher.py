@@ -17,9 +17,11 @@ class TeacherOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    dim: int = Field(16, ge=1, description="input dimension")
-    classes: int = Field(10, ge=2, description="number of classes")
-    teacher_width: int = Field(64, ge=1, description="hidden units of the teacher")
+    dim: int = Field(16, ge=1, le=2**14, description="input dimension (≤ 2¹⁴)")
+    classes: int = Field(10, ge=2, le=2**14, description="number of classes (≤ 2¹⁴)")
+    teacher_width: int = Field(
+        64, ge=1, le=2**14, description="hidden units of the teacher (≤ 2¹⁴)"
+    )
 
 
 class TeacherStream(Stream):
@@ -53,7 +55,7 @@ class TeacherStream(Stream):
         return {"teacher_sha256": digest}
 
 
-@STREAMS.register("teacher", options=TeacherOptions)
+@STREAMS.register("teacher", options=TeacherOptions, loss="cross_entropy")
 def build_teacher(seed: int, options: TeacherOptions) -> Stream:
     """Labels from a fixed random teacher network (cross-entropy)."""
     return TeacherStream(seed, options)

@@ -177,7 +177,7 @@ class TokenOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    seq_len: int = Field(128, ge=2, description="tokens per sequence T")
+    seq_len: int = Field(128, ge=2, le=2**16, description="tokens per sequence T (≤ 2¹⁶)")
     objective: Literal["causal", "masked"] = Field(
         "causal", description="causal LM (next token) or masked LM (paper A.3.1)"
     )
@@ -308,7 +308,7 @@ def read_concatenated(files: list[Path]) -> bytes:
     return b"".join(chunks)
 
 
-@STREAMS.register("text", options=TextOptions)
+@STREAMS.register("text", options=TextOptions, loss="cross_entropy")
 def build_text(seed: int, options: TextOptions) -> Stream:
     """Byte/char-level LM on local text (default: the stdlib's .py files); causal or masked."""
     if options.path is None:
@@ -392,7 +392,7 @@ def read_raw(path: Path) -> bytes:
         raise UserError(f"wikitext: cannot read {path} ({err.strerror or err})") from None
 
 
-@STREAMS.register("wikitext", options=WikitextOptions)
+@STREAMS.register("wikitext", options=WikitextOptions, loss="cross_entropy")
 def build_wikitext(seed: int, options: WikitextOptions) -> Stream:
     """Wikitext-103 from local raw files or parquet parts; causal or masked LM."""
     root = require_dir("wikitext", expand(options.path), "Wikitext-103 raw files or parquet parts")

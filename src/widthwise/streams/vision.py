@@ -34,10 +34,12 @@ class TeacherImagesOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    size: int = Field(16, ge=4, description="images are size × size")
-    channels: int = Field(3, ge=1, description="image channels")
-    classes: int = Field(10, ge=2, description="number of classes")
-    teacher_channels: int = Field(16, ge=1, description="channels of the teacher's conv layers")
+    size: int = Field(16, ge=4, le=1024, description="images are size × size (≤ 1024)")
+    channels: int = Field(3, ge=1, le=1024, description="image channels (≤ 1024)")
+    classes: int = Field(10, ge=2, le=2**14, description="number of classes (≤ 2¹⁴)")
+    teacher_channels: int = Field(
+        16, ge=1, le=4096, description="channels of the teacher's conv layers (≤ 4096)"
+    )
 
 
 def structured_images(rng: np.random.Generator, n: int, channels: int, size: int) -> np.ndarray:
@@ -142,7 +144,7 @@ class TeacherImagesStream(Stream):
         return {"stream": "teacher_images", "teacher_sha256": h.hexdigest()[:16]}
 
 
-@STREAMS.register("teacher_images", options=TeacherImagesOptions)
+@STREAMS.register("teacher_images", options=TeacherImagesOptions, loss="cross_entropy")
 def build_teacher_images(seed: int, options: TeacherImagesOptions) -> Stream:
     """Structured images labelled by a fixed random conv teacher (unlimited; cross-entropy)."""
     return TeacherImagesStream(seed, options)
@@ -190,13 +192,15 @@ class MNIST1DOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    seq_len: int = Field(40, ge=4, description="final sequence length")
+    seq_len: int = Field(40, ge=4, le=2**16, description="final sequence length (≤ 2¹⁶)")
     shape: Literal["flat", "channel"] = Field(
         "flat", description="flat: in_shape (seq_len,); channel: (1, seq_len)"
     )
     padding: tuple[int, int] = Field((36, 60), description="range of zeros appended to a template")
     scale_coeff: float = Field(0.4, ge=0, description="amplitude scale 1 ± scale_coeff/2")
-    max_translation: int = Field(48, ge=1, description="circular shift in [0, max_translation)")
+    max_translation: int = Field(
+        48, ge=1, le=2**16, description="circular shift in [0, max_translation)"
+    )
     corr_noise: float = Field(0.25, ge=0, description="scale of the correlated background noise")
     iid_noise: float = Field(0.02, ge=0, description="scale of the iid noise")
     shear: float = Field(0.75, ge=0, description="scale of the linear shear")
@@ -263,7 +267,7 @@ class MNIST1DStream(Stream):
         return {"stream": "mnist1d", "mean": round(self.mean, 8), "std": round(self.std, 8)}
 
 
-@STREAMS.register("mnist1d", options=MNIST1DOptions)
+@STREAMS.register("mnist1d", options=MNIST1DOptions, loss="cross_entropy")
 def build_mnist1d(seed: int, options: MNIST1DOptions) -> Stream:
     """Procedural MNIST-1D (generated, never downloaded): 10 classes of 1-d signals."""
     return MNIST1DStream(seed, options)
