@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 from conftest import tiny_spec_dict, write_spec
 
 import widthwise
@@ -238,10 +239,10 @@ def _unfinish(study: Path, width: int = 16) -> WidthDir:
 @pytest.mark.parametrize(
     ("make", "needles"),
     [
-        (lambda p, m: p.write_bytes(os.urandom(300)), ["unreadable checkpoint"]),
-        (lambda p, m: p.write_bytes(b""), ["unreadable checkpoint"]),
+        (lambda p, m: p.write_bytes(os.urandom(300)), ["damaged checkpoint", "not a readable zip"]),
+        (lambda p, m: p.write_bytes(b""), ["damaged checkpoint", "not a readable zip"]),
         (lambda p, m: torch.save({"x": Evil(m)}, p), ["unreadable checkpoint", "UnpicklingError"]),
-        (lambda p, m: p.write_bytes(pickle.dumps(Evil(m))), ["unreadable checkpoint"]),
+        (lambda p, m: p.write_bytes(pickle.dumps(Evil(m))), ["damaged checkpoint"]),
         (lambda p, m: torch.save([1, 2], p), ["not a widthwise checkpoint", "list"]),
         (lambda p, m: torch.save({"step": 3}, p), ["not a checkpoint of width 16", "KeyError"]),
         (
@@ -273,15 +274,64 @@ def test_bad_checkpoint(
     make: Callable[[Path, Path], Any],
     needles: list[str],
 ) -> None:
+    """A damaged checkpoint is detected, never loaded as data and never runs code: the
+    run falls back to the previous checkpoint with one line saying so, and ends with
+    the numbers of the uninterrupted run."""
+    reference = widthwise.open_study(study)
     wd = _unfinish(study)
     marker = tmp_path / "pwned"
     make(wd.checkpoint_path, marker)
-    before = snapshot(study)
     code = main(["run", str(study / "spec.yaml"), "--out", str(study), "--quiet"])
-    one_line(capsys, code, str(wd.checkpoint_path), "delete it", *needles)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 0, err
+    assert len(err) == 1, err
+    assert err[0].startswith(f"widthwise: width 16: {wd.checkpoint_path}: ")
+    for needle in needles:
+        assert needle in err[0], (needle, err[0])
+    assert "resumed from checkpoint.prev.pt at step 15" in err[0]
     assert not marker.exists(), "a checkpoint ran code while loading"
-    assert snapshot(study) == before  # read only: no status, no log, no lock left
-    assert wd.read_status()["state"] == "running"
+    assert wd.read_status()["state"] == "done"
+    after = widthwise.open_study(study)
+    for var in ("train_loss", "test_loss", "test_logits"):
+        xr.testing.assert_equal(after[var], reference[var])
+
+
+def test_both_checkpoints_damaged_restart_the_width(
+    study: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Neither checkpoint usable: the width is recomputed from step 0, exactly."""
+    reference = widthwise.open_study(study)
+    wd = _unfinish(study)
+    for path in (wd.checkpoint_path, wd.previous_checkpoint_path):
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF  # one flipped byte: the zip CRC catches it
+        path.write_bytes(bytes(data))
+    code = main(["run", str(study / "spec.yaml"), "--out", str(study), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 0 and len(err) == 1, err
+    assert "damaged checkpoint" in err[0] and "restarting this width from step 0" in err[0]
+    after = widthwise.open_study(study)
+    for var in ("train_loss", "test_loss", "test_logits"):
+        xr.testing.assert_equal(after[var], reference[var])
+
+
+def test_a_hole_before_the_checkpoint_is_recomputed(
+    study: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Scalar lines lost before the checkpoint: the width is recomputed, never left with
+    NaN holes (a resume must not drop data it will not redo)."""
+    reference = widthwise.open_study(study)
+    wd = _unfinish(study)
+    lines = wd.scalars_path.read_text().splitlines(keepends=True)
+    wd.scalars_path.write_text("".join(lines[: len(lines) // 3]))  # cut in a third
+    code = main(["run", str(study / "spec.yaml"), "--out", str(study), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 0 and len(err) == 1, err
+    assert "logged data before the checkpoint is damaged or missing: train_loss steps" in err[0]
+    after = widthwise.open_study(study)
+    assert after.attrs["skipped_records"] == 0
+    for var in ("train_loss", "test_loss", "test_logits"):
+        xr.testing.assert_equal(after[var], reference[var])
 
 
 # -- data files ----------------------------------------------------------------------

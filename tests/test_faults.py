@@ -456,9 +456,9 @@ def test_unwritable_width_dir_is_a_store_error(tmp_path: Path) -> None:
     """The one-line StoreError comes from the lock too (before any status is written)."""
     blocker = tmp_path / "study"
     blocker.write_text("a file where the width dir should go\n")
-    from widthwise.trainer import writer_lock
+    from widthwise.store.lock import writer_lock
 
     match = r"^out: cannot write .*width_00016: Not a directory$"
-    with pytest.raises(StoreError, match=match), writer_lock(WidthDir(blocker / "width_00016")):
+    with pytest.raises(StoreError, match=match), writer_lock(blocker / "width_00016"):
         pass
     assert blocker.read_text() == "a file where the width dir should go\n"

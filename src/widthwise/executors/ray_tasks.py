@@ -38,7 +38,8 @@ class RayOptions(RemoteOptions):
     gpus_per_run: float = Field(0.0, ge=0, description="GPUs each width's task requests")
     runtime_env: dict[str, Any] = Field(
         default_factory=dict,
-        description="Ray runtime_env of the session, e.g. {working_dir: .} to ship your plug-ins",
+        description="Ray runtime_env of the session, e.g. {working_dir: .} to ship your plug-ins; "
+        "runs code: needs --allow-code",
     )
     max_retries: int = Field(
         3, ge=0, description="re-runs of a task whose worker died (it resumes from its checkpoint)"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import shlex
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -51,7 +52,9 @@ class SlurmOptions(RemoteOptions):
         "slurm", description="local: run through submitit's local executor (testing)"
     )
     setup: list[str] = Field(
-        default_factory=list, description="shell lines run before each job (module load ...)"
+        default_factory=list,
+        description="shell lines run before each job (module load ...); runs code: needs "
+        "--allow-code",
     )
     additional_parameters: dict[str, Any] = Field(
         default_factory=dict, description="extra #SBATCH flags, e.g. {account: myproj}"
@@ -65,7 +68,7 @@ class SlurmOptions(RemoteOptions):
         return data
 
 
-class WidthJob:
+class SlurmTask:
     """The callable a Slurm job runs; requeued with the same arguments on timeout."""
 
     def __init__(self, fn: Callable[..., Any]) -> None:
@@ -110,10 +113,18 @@ class SlurmExecutor(WidthExecutor):
     @classmethod
     def preflight(cls, options: BaseModel | None) -> None:
         opts = options if isinstance(options, SlurmOptions) else SlurmOptions()
-        if opts.cluster == "slurm" and shutil.which("sbatch") is None:
+        if opts.cluster != "slurm":
+            return
+        if shutil.which("sbatch") is None:
             raise UserError(
                 "executor slurm: no Slurm here (sbatch not found); use --dry-run to see the "
                 "job script, or executor.options.cluster: local to run through submitit locally"
+            )
+        problem = _controller_problem()
+        if problem is not None:
+            raise UserError(
+                f"executor slurm: sbatch is here but no Slurm controller answers ({problem}); "
+                "check the cluster's configuration, or use --dry-run to see the job script"
             )
 
     def threads_per_run(self) -> int:
@@ -181,7 +192,7 @@ class SlurmExecutor(WidthExecutor):
 
     def submit_runs(self, fn: Callable[..., Any], argsets: Sequence[tuple]) -> list[Future]:
         ex = self._engine()
-        job_fn = WidthJob(fn)
+        job_fn = SlurmTask(fn)
         if len(argsets) > 1:
             with ex.batch():
                 pending = [ex.submit(job_fn, *args) for args in argsets]
@@ -216,6 +227,18 @@ class SlurmExecutor(WidthExecutor):
         try:
             finished = job.done()
         except Exception:  # noqa: BLE001  (transient sacct trouble: ask again)
+            finished = False
+        if not finished and self.opts.cluster == "slurm" and self._vanished(job):
+            # no accounting (sacct fails, submitit says UNKNOWN forever), and the task
+            # left the queue without writing a result: it died
+            self._jobs.remove((job, fut))
+            fut.set_exception(
+                StoreError(
+                    f"slurm job {job.job_id} left the queue without a result"
+                    f"{_log_tail(job.paths.stderr)}; logs: {job.paths.stderr}; "
+                    "run the study again to resume"
+                )
+            )
             return
         if not finished:
             return
@@ -231,6 +254,19 @@ class SlurmExecutor(WidthExecutor):
                     "run the study again to resume"
                 )
             )
+
+    def _vanished(self, job: Any) -> bool:
+        """Whether ``job`` is neither in ``squeue`` nor finished with a result file
+        (asked only when its state is not known: accounting is missing or failing)."""
+        try:
+            state = str(job.state)
+        except Exception:  # noqa: BLE001
+            state = "UNKNOWN"
+        if state not in ("UNKNOWN", "PENDING", "RUNNING", "REQUEUED"):
+            return False
+        if Path(job.paths.result_pickle).exists():
+            return False
+        return not _in_queue(str(job.job_id))
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop following the jobs. Slurm jobs keep running when the caller is
@@ -278,3 +314,51 @@ class SlurmExecutor(WidthExecutor):
         if len(argsets) > 1:
             params["map_count"] = len(argsets)
         return _make_sbatch_string(command=command, folder=folder, **params)
+
+
+def _in_queue(job_id: str) -> bool:
+    """Whether Slurm still lists the job (True when squeue cannot tell: do not guess)."""
+    try:
+        out = subprocess.run(
+            ["squeue", "-h", "-j", job_id, "-o", "%i"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return True
+    if out.returncode != 0:
+        # an id Slurm no longer knows is an error for squeue: the job left the queue
+        return "Invalid job id" not in out.stderr
+    return bool(out.stdout.strip())
+
+
+def _log_tail(path: Any, lines: int = 3) -> str:
+    """``: <last lines of the log>`` (folded to one line), or nothing if unreadable."""
+    try:
+        text = Path(path).read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    tail = " | ".join(line.strip() for line in text[-lines:] if line.strip())
+    return f" (its log ends: {tail[-300:]})" if tail else ""
+
+
+def _controller_problem() -> str | None:
+    """Why ``sinfo`` cannot reach a Slurm controller (None: it can), in one line."""
+    try:
+        out = subprocess.run(
+            ["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=15, check=False
+        )
+    except FileNotFoundError:
+        return "sinfo not found"
+    except subprocess.TimeoutExpired:
+        return "sinfo did not answer in 15 s"
+    except OSError as err:
+        return f"sinfo: {err}"
+    if out.returncode == 0:
+        return None
+    first = next((line.strip() for line in out.stderr.splitlines() if line.strip()), "")
+    return (
+        f"sinfo exit {out.returncode}: {first[:200]}" if first else f"sinfo exit {out.returncode}"
+    )

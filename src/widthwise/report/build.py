@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import functools
 import io
+import os
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,9 +25,17 @@ from matplotlib.figure import Figure
 from widthwise import __version__
 from widthwise.errors import StoreError, UserError
 from widthwise.report import sections_curves as sc
+from widthwise.report import sections_horizon as sh
 from widthwise.report import sections_repr as sr
 from widthwise.report.html import render_html
-from widthwise.report.section import TOL, Section, flatten_samples, spec_of
+from widthwise.report.section import (
+    TOL,
+    Banner,
+    Section,
+    flatten_samples,
+    spec_of,
+    study_banner,
+)
 from widthwise.store import open_study
 
 DPI = 150
@@ -61,7 +71,7 @@ def study_sections(
         sc.power_law_section,
         sr.ntk_section,
     )
-    sections = [sc.summary_section(ds, tol)]
+    sections = [s for s in (sh.horizon_section(ds, tol), sc.summary_section(ds, tol)) if s]
     sections += [s for s in (b(ds) for b in builders) if s is not None]
     if coord is not None or coord_note:
         sections.append(sr.coord_check_section(coord, coord_note))
@@ -78,7 +88,7 @@ def _coord_check(ds: xr.Dataset, study_dir: Path, mode: bool | None):
     est = float(np.nansum(ds.wall_time.values)) * COORD_CHECK_STEPS / steps
     if mode is None and not est <= COORD_CHECK_BUDGET_S:
         return None, f"Skipped: about {est:.0f} s of training for this study's widths; {hint}."
-    from widthwise.coord_check import coord_check
+    from widthwise.coordinate_check import coord_check
     from widthwise.spec import validate_spec
 
     try:
@@ -139,23 +149,82 @@ def write_tables(sections: Sequence[Section], out: Path) -> list[Path]:
     return paths
 
 
-def _clear_previous(out: Path) -> None:
-    """Remove figures and tables a previous build left (only our own file types)."""
-    for sub, exts in (("figures", (".png", ".svg")), ("csv", (".csv",))):
-        d = out / sub
-        if d.is_dir():
-            for p in d.iterdir():
-                if p.suffix in exts and p.is_file():
-                    p.unlink()
+REPORT_MARKER = ".widthwise-report"
+"""File every report directory holds: ``--out`` may replace only such a directory."""
+_OURS = {"figures": (".png", ".svg"), "csv": (".csv",)}
 
 
-def write_report(sections: Sequence[Section], out: Path, *, title: str, subtitle: str) -> Path:
-    """Figures, tables and report.html for ``sections`` under ``out``; returns the page."""
+def _check_replaceable(out: Path) -> None:
+    """``out`` is absent, empty, or a report widthwise wrote; anything else is refused."""
+    if not out.exists():
+        return
+    if not out.is_dir() or out.is_symlink():
+        raise StoreError(f"out: {out} is not a directory; choose another --out")
+    for entry in out.iterdir():
+        name = entry.name
+        if name in (REPORT_MARKER, "report.html") and entry.is_file():
+            continue
+        if name in _OURS and entry.is_dir() and not entry.is_symlink():
+            strays = [p.name for p in entry.iterdir() if p.suffix not in _OURS[name]]
+            if not strays:
+                continue
+            name = f"{name}/{strays[0]}"
+        raise StoreError(
+            f"out: {out} holds files widthwise did not write ({name}); a report replaces its "
+            "directory, so choose another --out"
+        )
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Replace ``out`` by the finished ``tmp`` (readers see the old report or the new)."""
+    old = out.with_name(f".old-{out.name}-{os.getpid()}")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_report(
+    sections: Sequence[Section],
+    out: Path,
+    *,
+    title: str,
+    subtitle: str,
+    banner: Banner | None = None,
+) -> Path:
+    """Figures, tables and report.html for ``sections`` under ``out``; returns the page.
+
+    ``banner``: what a partial or diverged study is missing, above the sections. The
+    report is built in a temporary sibling directory and swapped in whole, so a build
+    killed at any moment leaves the previous report intact; ``out`` must be absent,
+    empty or a report widthwise wrote (anything else is refused, nothing deleted)."""
+    out = out.absolute()
+    _check_replaceable(out)
+    tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
+    for stale in out.parent.glob(f".*-{out.name}-*") if out.parent.is_dir() else ():
+        if stale.name.startswith((".tmp-", ".old-")) and stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)  # left by a build that was killed
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir(parents=True)
     except OSError as err:
         raise StoreError(f"{out}: cannot create the report directory: {err}") from None
-    _clear_previous(out)
+    try:
+        _write_into(tmp, sections, title=title, subtitle=subtitle, banner=banner)
+        _swap_in(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out / "report.html"
+
+
+def _write_into(
+    out: Path,
+    sections: Sequence[Section],
+    *,
+    title: str,
+    subtitle: str,
+    banner: Banner | None,
+) -> None:
     images = render_figures(sections, out)
     write_tables(sections, out)
     page = render_html(
@@ -164,10 +233,10 @@ def write_report(sections: Sequence[Section], out: Path, *, title: str, subtitle
         sections,
         images,
         footer=f"widthwise {__version__} · {time.strftime('%Y-%m-%d %H:%M')}",
+        banner=banner,
     )
-    path = out / "report.html"
-    path.write_text(page, encoding="utf-8")
-    return path
+    (out / "report.html").write_text(page, encoding="utf-8")
+    (out / REPORT_MARKER).write_text(f"widthwise {__version__}\n")
 
 
 def build_report(
@@ -199,7 +268,11 @@ def build_report(
         f"{spec.get('steps', '?')} steps — {study_dir}"
     )
     page = write_report(
-        sections, out, title=f"widthwise report: {ds.attrs.get('name', '?')}", subtitle=subtitle
+        sections,
+        out,
+        title=f"widthwise report: {ds.attrs.get('name', '?')}",
+        subtitle=subtitle,
+        banner=study_banner(ds),
     )
     if spec.get("trackers"):  # the spec's trackers get the figures (never raises)
         from widthwise.trackers import mirror_figures
