@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 import widthwise
+from widthwise import analysis as wa
 from widthwise.cli import main
 from widthwise.report import build_compare, build_report, fig_curves, fig_fits
 
@@ -74,7 +75,7 @@ STUDIES: dict[str, dict[str, Any]] = {
         "seeds": 2,
         "steps": 10,
         "model": {"family": "mlp", "options": {"depth": 3, "activation": "tanh"}},
-        "optimizer": {"name": "sgd", "lr": 1.0e8},
+        "optimizer": {"name": "sgd", "lr": 1000.0},
         "probes": {"train_loss": {"every": 1}, "test": {"every": 5}},
     },
     # a one-layer attention family (tests/tiny_attention_family.py)
@@ -147,10 +148,13 @@ def assert_images_decode(page: str) -> int:
     return len(uris)
 
 
-def check_report(page_path: Path, expected: set[str]) -> str:
-    """Every common check of a report directory; returns the page."""
+def check_report(page_path: Path, expected: set[str], *, horizon: bool = True) -> str:
+    """Every common check of a report directory; returns the page. A study's report
+    leads with the consistency horizon (``horizon``); a comparison has none."""
     page = page_path.read_text(encoding="utf-8")
-    assert section_ids(page) == expected
+    assert section_ids(page) == expected | ({"horizon"} if horizon else set())
+    if horizon:
+        assert page.index('<section id="horizon"') < page.index('<section id="summary"')
     assert_self_contained(page)
     n_img = assert_images_decode(page)
     out = page_path.parent
@@ -166,6 +170,16 @@ def check_report(page_path: Path, expected: set[str]) -> str:
         df = pd.read_csv(out / "csv" / f"{name}.csv")
         assert len(df) > 0 and len(df.columns) >= 1, name
     return page
+
+
+def assert_csv_equals(path: Path, da: xr.DataArray) -> None:
+    """The tidy CSV at ``path`` holds ``da``: one row per entry, its dims as columns."""
+    df = pd.read_csv(path)
+    dims = list(da.dims)
+    got = df.set_index(dims)[da.name].sort_index()
+    want = da.to_series().reorder_levels(dims).sort_index() if len(dims) > 1 else da.to_series()
+    assert list(got.index) == list(want.sort_index().index), path.name
+    np.testing.assert_allclose(got.values, want.sort_index().values, rtol=1e-6, err_msg=path.name)
 
 
 # -- reports of tiny studies -----------------------------------------------------------
@@ -211,6 +225,30 @@ def test_probe_study_has_representation_sections(tmp_path_factory):
         "ntk_spectrum",
     ):
         assert (rep / "figures" / f"{name}.png").is_file()
+    # the CSVs hold the analysis' numbers of the study's own arrays
+    ds = widthwise.open_study(study("probes", tmp_path_factory))
+    csv = rep / "csv"
+    kernel_dims = ("kernels_point_i", "kernels_point_j")
+    frob = wa.relative_frobenius_to_widest(ds.feature_kernel, over=kernel_dims)
+    assert_csv_equals(csv / "kernel_frobenius_to_widest.csv", frob)
+    assert_csv_equals(
+        csv / "kernel_cka_to_widest.csv",
+        wa.cka_to_widest(ds.feature_kernel, sample_dims=kernel_dims),
+    )
+    w1 = wa.wasserstein1_to_widest(
+        ds.preact_hist, bin_dim="preacts_bin", edges=ds.preacts_edge, edge_dim="preacts_edge"
+    )
+    assert_csv_equals(csv / "preact_w1_to_widest.csv", w1)
+    top = ds.sharpness_lr.isel(sharpness_eig=0, drop=True)
+    assert_csv_equals(csv / "sharpness.csv", top)
+    # the final kernels, seed means on points sorted by target: the point coordinates say which
+    final = pd.read_csv(csv / "kernel_final.csv")
+    assert set(final.columns) >= {"kernels_layer", "width", *kernel_dims, "kernel"}
+    row = final.iloc[0]
+    want = ds.feature_kernel.isel(kernels_step=-1).mean("seed")
+    point = {d: int(row[d]) for d in kernel_dims}
+    expected = want.sel(width=row["width"], kernels_layer=row["kernels_layer"], **point)
+    assert row["kernel"] == pytest.approx(float(expected), rel=1e-6)
 
 
 def test_attention_study_has_attention_section(tmp_path_factory, tmp_path):
@@ -219,6 +257,16 @@ def test_attention_study_has_attention_section(tmp_path_factory, tmp_path):
     check_report(build_report(d, tmp_path, coord_check=False), expected)
     assert (tmp_path / "figures" / "attention_grid.png").is_file()
     assert (tmp_path / "figures" / "attention_distance.png").is_file()
+    ds = widthwise.open_study(d)
+    tv = wa.attention_distance_to_widest(ds.attention, key_dim="key", query_dims="query")
+    tv = tv.mean(["attention_point", "head"])
+    assert_csv_equals(tmp_path / "csv" / "attention_tv_to_widest.csv", tv)
+    # the plotted maps: seed means of the first probe sequence at the last step
+    maps = pd.read_csv(tmp_path / "csv" / "attention_maps.csv")
+    last = ds.attention.isel(attention_step=-1, attention_point=0).mean("seed")
+    got = maps[maps.row == "a1, head 2"].set_index(["width", "query", "key"])["probability"]
+    want = last.sel(attention_layer="a1", head=1).to_series()
+    np.testing.assert_allclose(got.sort_index().values, want.sort_index().values, rtol=1e-6)
 
 
 def test_sections_absent_without_data(tmp_path_factory, tmp_path):
@@ -251,7 +299,9 @@ def test_rebuild_removes_stale_files(tmp_path_factory, tmp_path):
 def test_compare_overlays_studies(tmp_path_factory, tmp_path):
     a, b = study("base", tmp_path_factory), study("base_sp", tmp_path_factory)
     page = check_report(
-        build_compare([a, b], tmp_path), {"summary", "loss", "final_loss", "distance"}
+        build_compare([a, b], tmp_path),
+        {"summary", "loss", "final_loss", "distance"},
+        horizon=False,
     )
     assert "mup vs sp" in page  # the differing setting, named in the summary
     df = pd.read_csv(tmp_path / "csv" / "compare_test_loss.csv")
@@ -334,11 +384,36 @@ def test_figures_single_width_and_nan_members():
     da = _curves(widths=(32,))
     da[0, 0, 2:] = np.nan  # a diverged member
     fig = fig_curves.loss_curves(da, da.rename(step="test_step"))
-    assert isinstance(fig, Figure)
+    panels = [a for a in fig.axes if a.get_label() != "<colorbar>"]
+    assert [a.get_title() for a in panels] == ["training loss (minibatch)", "test loss (probe set)"]
+    # one line per panel: the mean over the members still alive, step 0 off the log axis
+    alive_mean = np.nanmean(da.isel(width=0).values, axis=0)
+    for ax in panels:
+        (line,) = ax.get_lines()
+        np.testing.assert_array_equal(line.get_xdata(), [1, 2, 3, 4])
+        np.testing.assert_allclose(line.get_ydata(), alive_mean[1:])
+    np.testing.assert_allclose(alive_mean[2:], da.isel(width=0, seed=1).values[2:])
+
+    data = _curves().isel(step=0)
     curve = xr.DataArray([1.0, 0.5], dims="width", coords={"width": [16, 32]})
-    fit = widthwise.analysis.power_law_fit(_curves().isel(step=0))
-    fig = fig_fits.power_law({"t": (_curves().isel(step=0), fit, curve)})
-    assert isinstance(fig, Figure)
+    fit = widthwise.analysis.power_law_fit(data)
+    fig = fig_fits.power_law({"t": (data, fit, curve)})
+    (ax,) = [a for a in fig.axes if a.get_label() != "<colorbar>"]
+    assert ax.get_title() == "t" and ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    np.testing.assert_array_equal(lines["a·n^(−b) + c"].get_xdata(), [16, 32])
+    np.testing.assert_allclose(lines["a·n^(−b) + c"].get_ydata(), [1.0, 0.5])
+    # one marker per width at the seed mean
+    means = sorted(
+        (float(ln.get_xdata()[0]), float(ln.get_ydata()[0]))
+        for ln in ax.get_lines()
+        if ln.get_marker() == "o"
+    )
+    expected = [(float(w), float(data.sel(width=w).mean())) for w in (16, 32, 64)]
+    np.testing.assert_allclose(means, expected)
+    assert float(fit.c) == 0 and "c (n → ∞)" not in lines  # no c line at c = 0 (log axis)
+    assert ax.get_legend().get_title().get_text() == fig_fits.fit_label(fit)
+    assert "R² = 0.036" in fig_fits.fit_label(fit)  # the fit's own R²
 
 
 # -- sequence studies: (point, position) samples are folded into one point dim --------
@@ -379,6 +454,7 @@ def test_sequence_samples_are_folded_into_points():
     )
     ids = [s.id for s in study_sections(ds)]
     assert ids == [
+        "horizon",
         "summary",
         "loss",
         "logits",
@@ -396,8 +472,8 @@ def test_attention_distance_with_one_moving_step_is_drawn_against_width() -> Non
 
     tv = xr.DataArray(
         np.array([[[0.0, 0.0], [0.3, 0.4]], [[0.0, 0.0], [0.2, 0.3]], [[0.0, 0.0], [0.0, 0.0]]]),
-        dims=("width", "attention_step", "attn_layer"),
-        coords={"width": [16, 32, 64], "attention_step": [0, 600], "attn_layer": ["b1", "b2"]},
+        dims=("width", "attention_step", "attention_layer"),
+        coords={"width": [16, 32, 64], "attention_step": [0, 600], "attention_layer": ["b1", "b2"]},
     )
     ax = attention_distance(tv).axes[0]
     assert ax.get_xlabel() == "width"

@@ -242,11 +242,11 @@ def c1_figures(d: Datasets, out: Path) -> list[Path]:
 def representation_numbers(ds: xr.Dataset) -> dict[str, Any]:
     """End-of-training kernel and preactivation distances to the widest width (Fig. 5 c)."""
     k = ds.feature_kernel
-    over = ("kpoint_i", "kpoint_j")
+    over = ("kernels_point_i", "kernels_point_j")
     frob = wa.relative_frobenius_to_widest(k, over=over).isel(kernels_step=-1)
     cka = wa.cka_to_widest(k, sample_dims=over).isel(kernels_step=-1)
     w1 = wa.wasserstein1_to_widest(
-        ds.preact_hist, bin_dim="preact_bin", edges=ds.preact_bin_edge, edge_dim="preact_edge"
+        ds.preact_hist, bin_dim="preacts_bin", edges=ds.preacts_edge, edge_dim="preacts_edge"
     ).isel(preacts_step=-1)
     # how far the widest width's kernel moved during training (is there anything to agree on?)
     kw = k.sel(width=k.width.max()).mean("seed")
@@ -256,8 +256,8 @@ def representation_numbers(ds: xr.Dataset) -> dict[str, Any]:
         "cka": cka,
         "w1": w1,
         "moved": moved,
-        "layers": [str(x) for x in k.kernel_layer.values],
-        "players": [str(x) for x in ds.preact_hist.preact_layer.values],
+        "layers": [str(x) for x in k.kernels_layer.values],
+        "players": [str(x) for x in ds.preact_hist.preacts_layer.values],
     }
 
 
@@ -270,20 +270,20 @@ def _representation_rows_checks(ds: xr.Dataset, tag: str) -> tuple[Rows, list[Ch
         rows.append(
             (
                 f"{tag}: kernel rel. Frobenius distance to widest, layer {name}",
-                per_width(but_widest(frob.isel(kernel_layer=i))),
+                per_width(but_widest(frob.isel(kernels_layer=i))),
             )
         )
         rows.append(
             (
                 f"{tag}: kernel CKA to widest, layer {name}",
-                per_width(but_widest(cka.isel(kernel_layer=i))),
+                per_width(but_widest(cka.isel(kernels_layer=i))),
             )
         )
     for i, name in enumerate(players):
         rows.append(
             (
                 f"{tag}: preactivation W1 to widest, layer {name}",
-                per_width(but_widest(w1.isel(preact_layer=i))),
+                per_width(but_widest(w1.isel(preacts_layer=i))),
             )
         )
     rows.append(
@@ -296,13 +296,15 @@ def _representation_rows_checks(ds: xr.Dataset, tag: str) -> tuple[Rows, list[Ch
     checks = [
         Check(
             f"{tag}: kernel distance to the widest falls with width, every layer",
-            "; ".join(per_width(but_widest(frob.isel(kernel_layer=i))) for i in range(len(layers))),
-            all(decreasing(but_widest(frob.isel(kernel_layer=i))) for i in range(len(layers))),
+            "; ".join(
+                per_width(but_widest(frob.isel(kernels_layer=i))) for i in range(len(layers))
+            ),
+            all(decreasing(but_widest(frob.isel(kernels_layer=i))) for i in range(len(layers))),
         ),
         Check(
             f"{tag}: preactivation W1 to the widest falls with width, every layer",
-            "; ".join(per_width(but_widest(w1.isel(preact_layer=i))) for i in range(len(players))),
-            all(decreasing(but_widest(w1.isel(preact_layer=i))) for i in range(len(players))),
+            "; ".join(per_width(but_widest(w1.isel(preacts_layer=i))) for i in range(len(players))),
+            all(decreasing(but_widest(w1.isel(preacts_layer=i))) for i in range(len(players))),
         ),
         Check(
             f"{tag}: second-widest kernels within 10 % (rel. Frobenius) of the widest",
@@ -735,10 +737,10 @@ def c6_figures(d: Datasets, out: Path) -> list[Path]:
 
 def c7_alignment(ds: xr.Dataset) -> xr.DataArray:
     """Centered alignment of the seed-mean last-hidden-layer feature kernel with the labels."""
-    k = ds.feature_kernel.isel(kernel_layer=-1).mean("seed")
-    m = k.sizes["kpoint_i"]
+    k = ds.feature_kernel.isel(kernels_layer=-1).mean("seed")
+    m = k.sizes["kernels_point_i"]
     y = ds.test_label.isel(point=slice(0, m))
-    return wa.kernel_target_alignment(k, y, sample_dims=("kpoint_i", "kpoint_j"))
+    return wa.kernel_target_alignment(k, y, sample_dims=("kernels_point_i", "kernels_point_j"))
 
 
 def c7_analyze(d: Datasets) -> tuple[Rows, list[Check]]:
@@ -904,13 +906,13 @@ def c9_analyze(d: Datasets) -> tuple[Rows, list[Check]]:
     ds = d["c9_transformer_attention"]
     att = ds.attention
     tv = wa.attention_distance_to_widest(att, key_dim="key", query_dims="query")
-    tv_end = tv.isel(attention_step=-1).mean(["attn_point", "head", "attn_layer"])
-    per_layer = tv.isel(attention_step=-1).mean(["attn_point", "head"])
+    tv_end = tv.isel(attention_step=-1).mean(["attention_point", "head", "attention_layer"])
+    per_layer = tv.isel(attention_step=-1).mean(["attention_point", "head"])
     wide = att.sel(width=att.width.max()).mean("seed")
     moved = wa.attention_distance(
         wide.isel(attention_step=-1), wide.isel(attention_step=0), key_dim="key", query_dims="query"
     ).mean()
-    layers = [str(x) for x in att.attn_layer.values]
+    layers = [str(x) for x in att.attention_layer.values]
     loss = ds.test_loss.isel(test_step=-1).mean("seed")
     rows = [
         (
@@ -921,7 +923,7 @@ def c9_analyze(d: Datasets) -> tuple[Rows, list[Check]]:
     rows += [
         (
             f"attention TV distance to widest, layer {n}",
-            per_width(but_widest(per_layer.isel(attn_layer=i))),
+            per_width(but_widest(per_layer.isel(attention_layer=i))),
         )
         for i, n in enumerate(layers)
     ]
@@ -961,13 +963,13 @@ def c9_figures(d: Datasets, out: Path) -> list[Path]:
         tv = wa.attention_distance_to_widest(
             ds.attention, key_dim="key", query_dims="query", ensemble=ens
         )
-        tv = but_widest(tv.isel(attention_step=-1).mean(["attn_point", "head"]))
+        tv = but_widest(tv.isel(attention_step=-1).mean(["attention_point", "head"]))
         dists[label] = tv if "seed" in tv.dims else tv.expand_dims(seed=[0])
     panels = {
         f"layer {n}: TV distance to the widest (end)": {
-            label: tv.isel(attn_layer=i) for label, tv in dists.items()
+            label: tv.isel(attention_layer=i) for label, tv in dists.items()
         }
-        for i, n in enumerate(str(x) for x in ds.attention.attn_layer.values)
+        for i, n in enumerate(str(x) for x in ds.attention.attention_layer.values)
     }
     fig = fig_compare.overlay_vs_width(panels, ylabel="mean TV distance per query")
     return [

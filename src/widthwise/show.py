@@ -78,6 +78,12 @@ def print_show(path: Path, console: Console) -> None:
             console.print(escape(f"width {st.width}: {note}"), soft_wrap=True, highlight=False)
     if ds is not None and ds.attrs.get("skipped_records"):
         console.print(f"[yellow]skipped {ds.attrs['skipped_records']} torn or partial records[/]")
+    if ds is not None:  # the consistency horizon of the loss curves, in one sentence
+        from widthwise.analysis.study_horizon import horizon_summary
+
+        horizon = horizon_summary(ds[[v for v in ("train_loss", "test_loss") if v in ds]])
+        if horizon:
+            console.print(escape(horizon), soft_wrap=True, highlight=False)
 
 
 def _cell(

@@ -6,10 +6,13 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
+
+if TYPE_CHECKING:
+    from widthwise.store.study_dir import StudyDir
 
 FINAL_WINDOW = 10  # train loss: mean of each seed's last logged steps (minibatch noise)
 
@@ -97,41 +100,51 @@ def width_states(path: str | Path) -> list[WidthState]:
     """The state of every width of the study at ``path`` (the manifest's widths, in order).
 
     Reads only ``status.json`` files and lock files, so it works on a study whose
-    arrays are torn or partial, and while another process writes it.
+    arrays are torn or partial, and while another process writes it. ``open_study``'s
+    ``status`` variable and the report's banner come from :func:`width_state` too, so
+    ``widthwise show``, the Dataset and the report always say the same word.
     """
-    from widthwise.store.lock import lock_holder
-    from widthwise.store.open import status_values, study_layout
+    from widthwise.store.open import study_layout
     from widthwise.store.study_dir import StudyDir
 
     study = StudyDir(Path(path))
     _, widths, seeds = study_layout(study)
-    out = []
-    for width in widths:
-        wd = study.width_dir(width)
-        if not wd.path.is_dir():
-            out.append(WidthState(width, "not started"))
-            continue
-        status = wd.read_status()
-        state, wall, div = status_values(status, len(seeds))
-        holder = lock_holder(wd.path)
-        step, steps = status.get("step"), status.get("steps")
-        ws = WidthState(
-            width,
-            state,
-            step=step if type(step) is int else None,
-            steps=steps if type(steps) is int else None,
-            holder=holder,
-            diverged={s: t for s, t in zip(seeds, div) if t >= 0},
-            wall_time=wall,
-        )
-        if holder is not None:
-            ws.state = "running"
-        elif state == "running":
-            ws.state = "interrupted"
-        elif state == "failed":
-            error = status.get("error")
-            ws.reason = " ".join(str(error).split()) if error else ""
-        elif state not in STATES:
-            ws.state = "unknown"
-        out.append(ws)
-    return out
+    return [width_state(study, width, seeds) for width in widths]
+
+
+def width_state(study: StudyDir, width: int, seeds: list[int]) -> WidthState:
+    """Where width ``width`` of ``study`` stands (one read of its status and lock files).
+
+    ``running``: a live process holds the writer lock; ``interrupted``: the status says
+    running without a live writer; ``failed`` (with the status's ``error`` as reason);
+    ``not started`` (no directory); ``unknown`` (no readable status); else ``done``.
+    """
+    from widthwise.store.lock import lock_holder
+    from widthwise.store.open import status_values
+
+    wd = study.width_dir(width)
+    if not wd.path.is_dir():
+        return WidthState(width, "not started")
+    status = wd.read_status()
+    state, wall, div = status_values(status, len(seeds))
+    holder = lock_holder(wd.path)
+    step, steps = status.get("step"), status.get("steps")
+    ws = WidthState(
+        width,
+        state,
+        step=step if type(step) is int else None,
+        steps=steps if type(steps) is int else None,
+        holder=holder,
+        diverged={s: t for s, t in zip(seeds, div) if t >= 0},
+        wall_time=wall,
+    )
+    if holder is not None:
+        ws.state = "running"
+    elif state == "running":
+        ws.state = "interrupted"
+    elif state == "failed":
+        error = status.get("error")
+        ws.reason = " ".join(str(error).split()) if error else ""
+    elif state not in STATES:
+        ws.state = "unknown"
+    return ws

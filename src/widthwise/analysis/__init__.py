@@ -21,6 +21,15 @@ from widthwise.analysis.distance import (
     scaled_rmse,
     scaled_rmse_to_widest,
 )
+from widthwise.analysis.horizon import consistency_horizon, consistent_width, horizon_sentence
+from widthwise.analysis.limit_kernels import (
+    entk_limit,
+    limit_kernels_for,
+    nngp_kernels,
+    ntk_blocks,
+    ntk_limit,
+    output_nngp,
+)
 from widthwise.analysis.ntk_spectrum import (
     compare_loss_curves,
     cumulative_task_power,
@@ -30,7 +39,6 @@ from widthwise.analysis.ntk_spectrum import (
     sgd_flow_rate,
 )
 from widthwise.analysis.power_law import (
-    fit_power_law,
     limit_curve,
     power_law_curve,
     power_law_fit,
@@ -43,24 +51,55 @@ from widthwise.analysis.similarity import (
     wasserstein1,
     wasserstein1_to_widest,
 )
+from widthwise.analysis.study_horizon import horizon_summary, study_horizons
+from widthwise.analysis.uncertainty import (
+    bootstrap_over_seeds,
+    percentile_interval,
+    standard_error_interval,
+)
+from widthwise.analysis.verdict import (
+    kernel_distance_to_widest,
+    logit_distance_to_widest,
+    loss_gap_to_widest,
+    mean_distance,
+    plateau,
+    successive_gap,
+    verdict,
+    width_slope,
+)
 
 __all__ = [
     "AnalysisError",
     "attention_distance",
     "attention_distance_to_widest",
     "bias_variance",
+    "bootstrap_over_seeds",
     "cka",
     "cka_to_widest",
     "compare_loss_curves",
+    "consistency_horizon",
     "consistency_verdict",
+    "consistent_width",
     "cumulative_task_power",
     "ensemble_size_curve",
-    "fit_power_law",
+    "entk_limit",
     "gradient_flow_loss",
+    "horizon_sentence",
+    "kernel_distance_to_widest",
     "kernel_target_alignment",
     "limit_curve",
+    "limit_kernels_for",
+    "logit_distance_to_widest",
+    "loss_gap_to_widest",
+    "mean_distance",
     "mode_power",
+    "nngp_kernels",
+    "ntk_blocks",
     "ntk_eigen",
+    "ntk_limit",
+    "output_nngp",
+    "percentile_interval",
+    "plateau",
     "power_law_curve",
     "power_law_fit",
     "probe_loss",
@@ -69,7 +108,13 @@ __all__ = [
     "scaled_rmse",
     "scaled_rmse_to_widest",
     "sgd_flow_rate",
+    "standard_error_interval",
     "successive_differences",
+    "successive_gap",
+    "verdict",
     "wasserstein1",
     "wasserstein1_to_widest",
+    "width_slope",
+    "horizon_summary",
+    "study_horizons",
 ]

@@ -28,21 +28,113 @@ from widthwise.analysis._checks import (
 )
 
 LossKind = Literal["mse", "cross_entropy"]
+LOSSES = ("mse", "cross_entropy")
+IGNORE_INDEX = -100  # = widthwise.losses.IGNORE_INDEX (label without loss); no torch import here
 
 
-def _infer_loss(target: xr.DataArray, output_dim: str, loss: LossKind | None) -> LossKind:
+def _study_loss(logits: xr.DataArray, target: xr.DataArray) -> str | None:
+    """The loss the study trained with, as ``open_study`` records it (``attrs["loss"]`` of
+    ``ds.test_label`` / ``ds.test_target`` / ``ds.test_logits``); None if not recorded."""
+    for da in (target, logits):
+        loss = da.attrs.get("loss")
+        if isinstance(loss, str) and loss:
+            return loss
+    return None
+
+
+def _resolve(
+    logits: xr.DataArray,
+    target: xr.DataArray,
+    loss: LossKind | None,
+    point_dim: str,
+    output_dim: str,
+) -> tuple[LossKind, xr.DataArray, tuple[str, ...]]:
+    """(loss, target the network trained on, label dims) with every mistake a one-line error.
+
+    The loss: ``loss`` if given (it must agree with the study's recorded loss), else the
+    study's, else inferred (a target with ``output_dim`` is regression). The target:
+    float (…, ``output_dim``) for mse — integer labels are one-hot encoded over the
+    logits' outputs, as the trainer does for ``loss: mse`` on a classification stream —
+    or integer labels for cross-entropy. Label dims: the target's dims but ``output_dim``
+    (``(point,)``, or ``(point, position)`` for token streams); the loss averages over them.
+    """
+    require_dims(target, point_dim, "target")
+    if loss is not None and loss not in LOSSES:
+        raise AnalysisError(
+            f"The 'loss' parameter must be 'mse', 'cross_entropy' or None (the study's "
+            f"loss). Got {loss!r} instead."
+        )
+    study = _study_loss(logits, target)
+    if loss is not None and study in LOSSES and loss != study:
+        raise AnalysisError(
+            f"The 'loss' parameter is {loss!r}, but the study trained with {study!r} "
+            "(the 'loss' attr open_study records on the target and logits); allowed: "
+            f"{study!r} or None."
+        )
+    labels = np.issubdtype(target.dtype, np.integer) and output_dim not in target.dims
     if loss is None:
-        loss = "mse" if output_dim in target.dims else "cross_entropy"
-    if loss not in ("mse", "cross_entropy"):
-        raise AnalysisError(
-            f"The 'loss' parameter must be 'mse' or 'cross_entropy'. Got {loss!r} instead."
+        loss = study if study in LOSSES else ("cross_entropy" if labels else "mse")
+    label_dims = tuple(d for d in target.dims if d != output_dim)
+    require_dims(logits, (*label_dims, output_dim), "logits")
+    n_out = logits.sizes[output_dim]
+    if loss == "cross_entropy":
+        if not labels:
+            raise AnalysisError(
+                "The 'loss' parameter is 'cross_entropy', which needs integer class labels "
+                f"(dims (point,) or (point, position), e.g. ds['test_label']); the target has "
+                f"dtype {target.dtype} and dims {target.dims}. Allowed for this target: 'mse'."
+            )
+        bad = (target != IGNORE_INDEX) & ((target < 0) | (target >= n_out))
+        if bool(bad.any()):
+            raise AnalysisError(
+                f"The 'target' labels must be in 0 … {n_out - 1} (the logits' {output_dim!r} "
+                f"units) or {IGNORE_INDEX} (no loss). Got {int(target.where(bad).min())}."
+            )
+        return loss, target.astype(np.int64), label_dims
+    if labels:  # mse on class labels: the one-hot targets the trainer trained on
+        values = target.values
+        if bool(((values < 0) | (values >= n_out)).any()):
+            raise AnalysisError(
+                f"The 'target' labels must be in 0 … {n_out - 1} to be one-hot encoded for "
+                f"loss 'mse' (labels {IGNORE_INDEX}, no loss, exist only for cross_entropy). "
+                f"Got {int(values.min()) if values.min() < 0 else int(values.max())}."
+            )
+        onehot = np.eye(n_out)[values]
+        coords = {k: v for k, v in target.coords.items() if set(v.dims) <= set(target.dims)}
+        if output_dim in logits.coords:
+            coords[output_dim] = logits[output_dim].values
+        return (
+            loss,
+            xr.DataArray(onehot, dims=(*target.dims, output_dim), coords=coords),
+            (label_dims),
         )
-    if loss == "cross_entropy" and not np.issubdtype(target.dtype, np.integer):
-        raise AnalysisError(
-            "cross_entropy needs integer class labels (dims (point,), e.g. ds['test_label']); "
-            f"got dtype {target.dtype}. For regression pass ds['test_target'] with loss='mse'."
-        )
-    return loss
+    if output_dim not in target.dims:
+        if n_out != 1:
+            raise AnalysisError(
+                f"The 'target' has no {output_dim!r} dim but the logits have {n_out} outputs; "
+                f"pass targets with dims ({point_dim}, {output_dim}) (e.g. ds['test_target']) "
+                "or integer class labels."
+            )
+        target = target.expand_dims({output_dim: logits[output_dim].values}, axis=-1)
+    return loss, target.astype(np.float64), label_dims
+
+
+def _loss(
+    logits: xr.DataArray,
+    kind: LossKind,
+    target: xr.DataArray,
+    label_dims: tuple[str, ...],
+    output_dim: str,
+) -> xr.DataArray:
+    """The loss per member of a resolved (kind, target), as ``losses.per_member_loss``."""
+    if kind == "mse":  # mean over points (and positions) and outputs
+        return ((logits - target) ** 2).mean((*label_dims, output_dim), skipna=False)
+    labelled = target != IGNORE_INDEX
+    lse = xr.apply_ufunc(_logsumexp, logits, input_core_dims=[[output_dim]])
+    picked = logits.isel({output_dim: target.where(labelled, 0)}, drop=True)
+    per = (lse - picked).where(labelled, 0.0)  # no loss where the label is IGNORE_INDEX
+    counted = max(int(labelled.sum()), 1)
+    return per.sum(label_dims, skipna=False) / counted
 
 
 def probe_loss(
@@ -53,22 +145,29 @@ def probe_loss(
     point_dim: str = "point",
     output_dim: str = "output",
 ) -> xr.DataArray:
-    """Loss of ``logits`` on the probe set, averaged over points, as widthwise trains it.
+    """Loss of ``logits`` on the probe set, averaged over points, exactly as widthwise trains it.
 
-    ``mse``: mean over points and outputs of (f − y)² (no ½), ``target`` (point, output).
-    ``cross_entropy``: mean over points of −log softmax(f)[label], ``target`` (point,)
-    integer labels. ``loss=None`` infers it: a target with ``output_dim`` is regression.
-    Dims: ``logits``' minus (point, output). Units: loss.
+    ``probe_loss(ds.test_logits, ds.test_label)`` (or ``ds.test_target``) equals the
+    logged ``ds.test_loss`` to float rounding for every stream and loss a spec accepts:
+
+    - ``mse``: mean over points (and positions) and outputs of (f − y)² (no ½); ``target``
+      float (point, output), or integer labels (point,) / (point, position), which are
+      one-hot encoded over the outputs, as the trainer does for ``loss: mse`` on a
+      classification or token stream.
+    - ``cross_entropy``: mean of −log softmax(f)[label] over labelled points (and
+      positions); ``target`` integer labels, ``-100`` (no loss) positions left out.
+
+    ``loss=None`` (default) uses the study's loss, which ``open_study`` records in the
+    target's (and logits') ``attrs["loss"]``; for arrays without it, a target with
+    ``output_dim`` is regression and integer labels are cross-entropy. A ``loss`` that
+    contradicts the study's, or cross-entropy on real-valued targets, is an
+    :class:`~widthwise.analysis.AnalysisError` (one line). Dims: ``logits``' minus the
+    target's dims and ``output_dim``. Units: loss.
     """
     logits = require_dataarray(logits, "logits")
-    require_dims(logits, (point_dim, output_dim), "logits")
-    require_dims(target, point_dim, "target")
-    kind = _infer_loss(target, output_dim, loss)
-    if kind == "mse":
-        return ((logits - target) ** 2).mean((point_dim, output_dim), skipna=False)
-    lse = xr.apply_ufunc(_logsumexp, logits, input_core_dims=[[output_dim]])
-    picked = logits.isel({output_dim: target.astype(np.int64)}, drop=True)
-    return (lse - picked).mean(point_dim, skipna=False)
+    target = require_dataarray(target, "target")
+    kind, tgt, label_dims = _resolve(logits, target, loss, point_dim, output_dim)
+    return _loss(logits, kind, tgt, label_dims, output_dim)
 
 
 def bias_variance(
@@ -83,15 +182,17 @@ def bias_variance(
 ) -> xr.Dataset:
     """Bias/variance decomposition over initialization seeds (Appendix F; Fig. 7, 8).
 
-    ``logits`` (width, seed, [step,] point, output), e.g. ``ds.test_logits``;
-    ``target`` ``ds.test_target`` (point, output) for mse or ``ds.test_label`` (point,)
-    for cross-entropy. Members with a NaN anywhere in their (point, output) logits at a
-    step (diverged ones) are left out of every mean at that step; ``members`` counts
+    ``logits`` (width, seed, [step,] point, [position,] output), e.g. ``ds.test_logits``;
+    ``target`` ``ds.test_target`` (point, output) or ``ds.test_label`` (point,) /
+    (point, position), and ``loss``, as in :func:`probe_loss`: the study's loss by
+    default (integer labels one-hot encoded for mse). Members with a NaN anywhere in
+    their (point, [position,] output) logits at a step (diverged ones, or a width that has
+    not reached the step) are left out of every mean at that step; ``members`` counts
     those kept. Returns a Dataset with dims (width, [step]):
 
     - ``single_loss``: mean over kept seeds of each network's loss.
     - ``ensemble_loss``: loss of the ensemble-averaged logits f̄_n.
-    - ``variance``: mean over seeds, points and outputs of (f_n,s − f̄_n)² (Eq. 10; the
+    - ``variance``: mean over seeds, points (positions) and outputs of (f_n,s − f̄_n)² (Eq. 10; the
       squared norm over outputs divided by their number, identical for one output).
     - ``bias``: mean over points and outputs of (f̄_n − f̄_widest)² (Eq. 9 with the
       widest ensemble as the infinite-width proxy; 0 at the widest).
@@ -104,16 +205,16 @@ def bias_variance(
     (both use 1/E, not 1/(E−1)). Units: loss (variance/bias: squared logit).
     """
     logits = require_dataarray(logits, "logits")
+    target = require_dataarray(target, "target")
     require_dims(logits, (dim, seed_dim, point_dim, output_dim), "logits")
-    kind = _infer_loss(target, output_dim, loss)
-    sample = (point_dim, output_dim)
+    kind, tgt, label_dims = _resolve(logits, target, loss, point_dim, output_dim)
+    sample = (*label_dims, output_dim)
     alive = alive_members(logits, sample)
     f = logits.astype(np.float64).where(alive)
     fbar = f.mean(seed_dim, skipna=True)
     members = alive.sum(seed_dim)
-    single = probe_loss(f, target, loss=kind, point_dim=point_dim, output_dim=output_dim)
-    single = single.mean(seed_dim, skipna=True)
-    ens = probe_loss(fbar, target, loss=kind, point_dim=point_dim, output_dim=output_dim)
+    single = _loss(f, kind, tgt, label_dims, output_dim).mean(seed_dim, skipna=True)
+    ens = _loss(fbar, kind, tgt, label_dims, output_dim)
     variance = ((f - fbar) ** 2).mean(sample, skipna=False).mean(seed_dim, skipna=True)
     ref = select_widest(fbar, dim)
     bias = ((fbar - ref) ** 2).mean(sample, skipna=False)
@@ -150,15 +251,6 @@ def _logsumexp(f: np.ndarray) -> np.ndarray:
     m = np.max(f, axis=-1, keepdims=True)
     m = np.where(np.isfinite(m), m, 0.0)
     return np.log(np.exp(f - m).sum(-1)) + m[..., 0]
-
-
-def _loss_np(f: np.ndarray, target: np.ndarray, kind: LossKind) -> np.ndarray:
-    """f (..., point, output) -> loss (...)."""
-    if kind == "mse":
-        return ((f - target) ** 2).mean(axis=(-2, -1))
-    idx = np.broadcast_to(target[:, None], (*f.shape[:-1], 1))
-    picked = np.take_along_axis(f, idx, axis=-1)[..., 0]
-    return (_logsumexp(f) - picked).mean(-1)
 
 
 def _subsets(n: int, k: int, max_subsets: int, seed: int) -> np.ndarray:
@@ -241,24 +333,29 @@ def ensemble_size_curve(
 
     Members with NaN logits at a step (diverged) are left out; sizes beyond the kept
     count are NaN. Size 1 is the mean single-network loss, size E the full ensemble's.
-    ``logits`` (width, seed, [step,] point, output); ``target`` as in
-    :func:`bias_variance`. Returns dims (``ensemble_size``, width, [step]) with
+    ``logits`` (width, seed, [step,] point, [position,] output); ``target`` and
+    ``loss`` as in :func:`probe_loss` (the study's loss by default; positions labelled
+    ``-100`` left out). Returns dims (``ensemble_size``, width, [step]) with
     ``ensemble_size`` = 1..E. Units: loss.
     """
     logits = require_dataarray(logits, "logits")
+    target = require_dataarray(target, "target")
     require_dims(logits, (seed_dim, point_dim, output_dim), "logits")
-    kind = _infer_loss(target, output_dim, loss)
+    kind, target, label_dims = _resolve(logits, target, loss, point_dim, output_dim)
     if max_subsets < 1:
         raise AnalysisError(f"The 'max_subsets' parameter must be >= 1. Got {max_subsets}.")
-    batch_dims = [d for d in logits.dims if d not in (seed_dim, point_dim, output_dim)]
-    arr = logits.transpose(*batch_dims, seed_dim, point_dim, output_dim).values
-    n_seeds = arr.shape[-3]
-    flat = arr.reshape(-1, *arr.shape[-3:])  # (batch, seed, point, output)
-    tgt = (
-        target.transpose(point_dim, output_dim).values.astype(np.float64)
-        if kind == "mse"
-        else target.transpose(point_dim).values.astype(np.int64)
-    )
+    sample = (*label_dims, output_dim)
+    batch_dims = [d for d in logits.dims if d not in (seed_dim, *sample)]
+    arr = logits.transpose(*batch_dims, seed_dim, *sample).values
+    lead, n_seeds = arr.shape[: len(batch_dims)], logits.sizes[seed_dim]
+    points = int(np.prod([logits.sizes[d] for d in label_dims]))
+    # (batch, seed, point, output): the label dims (point, [position]) as one point dim
+    flat = arr.reshape(-1, n_seeds, points, logits.sizes[output_dim])
+    if kind == "mse":
+        tgt = target.transpose(*sample).values.reshape(flat.shape[-2:])
+    else:  # positions without a label (IGNORE_INDEX) carry no loss: left out
+        tgt = target.transpose(*label_dims).values.reshape(-1)
+        flat, tgt = flat[:, :, tgt != IGNORE_INDEX], tgt[tgt != IGNORE_INDEX]
     alive = np.isfinite(flat).all(axis=(-2, -1))  # (batch, seed)
     out = np.full((n_seeds, flat.shape[0]), np.nan)
     for pattern in np.unique(alive, axis=0):
@@ -271,7 +368,7 @@ def ensemble_size_curve(
         out[: len(curve), rows] = curve
     coords = {d: logits[d] for d in batch_dims if d in logits.coords}
     return xr.DataArray(
-        out.reshape(n_seeds, *arr.shape[:-3]),
+        out.reshape(n_seeds, *lead),
         dims=("ensemble_size", *batch_dims),
         coords={"ensemble_size": np.arange(1, n_seeds + 1), **coords},
         name="ensemble_loss",

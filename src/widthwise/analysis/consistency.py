@@ -53,8 +53,8 @@ def successive_differences(
     Widths are sorted by their coordinate; in a doubling study n_{i+1} = 2 n_i, so this
     is |q(2n) − q(n)|. ``over`` names the sample dims the norm runs over: ``()`` for a
     scalar such as a loss (then the difference is just |Δq|), ``("point", "output")``
-    for logits, ``("kpoint_i", "kpoint_j")`` for kernels. ``norm`` is ``"rms"``
-    (root mean square, default), ``"fro"`` (root sum of squares) or ``"max"``.
+    for logits, ``("kernels_point_i", "kernels_point_j")`` for kernels. ``norm`` is
+    ``"rms"`` (root mean square, default), ``"fro"`` (root sum of squares) or ``"max"``.
     ``relative=True`` divides by the same norm of the wider width's q.
 
     ``ensemble=False`` compares seed ``s`` with seed ``s`` (seed dim kept);

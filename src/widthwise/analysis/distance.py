@@ -44,15 +44,11 @@ def relative_frobenius(
 ) -> xr.DataArray:
     """‖a − b‖_F / ‖b‖_F over the sample dims ``over`` (e.g. both kernel point dims).
 
-    Numerically the same number as :func:`scaled_rmse` (both numerator and denominator
-    sum the same count of entries); named separately because kernels are usually
-    compared in this language. Dimensionless.
+    The same number as :func:`scaled_rmse` (numerator and denominator sum the same
+    count of entries), which computes it; the name kernels are compared in.
+    Dimensionless.
     """
-    over = as_dims(over)
-    require_dims(a, over, "a")
-    require_dims(b, over, "b")
-    num = np.sqrt(((a - b) ** 2).sum(over, skipna=False))
-    return num / np.sqrt((b**2).sum(over, skipna=False))
+    return scaled_rmse(a, b, over=over)
 
 
 def _to_widest(fn, da, over, dim, seed_dim, ensemble, name, description) -> xr.DataArray:
@@ -88,7 +84,8 @@ def scaled_rmse_to_widest(
 
     ``RMSE_over(q_n − q_widest) / RMS_over(q_widest)`` with the means taken jointly over
     the sample dims ``over`` (default the probe points and outputs of ``test_logits``;
-    any probe array works, e.g. ``over=("kpoint_i", "kpoint_j")`` for kernels).
+    any probe array works, e.g. ``over=("kernels_point_i", "kernels_point_j")`` for
+    kernels).
 
     - ``ensemble=False`` (per seed): seed ``s`` of width n against seed ``s`` of the
       widest (seeds paired by label; different widths share no initialization, so the
@@ -122,8 +119,8 @@ def relative_frobenius_to_widest(
 ) -> xr.DataArray:
     """‖K_n − K_widest‖_F / ‖K_widest‖_F for kernels (paper Fig. 5 c/f, Fig. 12).
 
-    ``over`` names the kernel's sample dims, e.g. ``("kpoint_i", "kpoint_j")``; other
-    dims (layer, step, ...) are kept. ``ensemble=True`` (default) compares seed-mean
+    ``over`` names the kernel's sample dims, e.g. ``("kernels_point_i",
+    "kernels_point_j")``; other dims (layer, step, ...) are kept. ``ensemble=True`` (default) compares seed-mean
     kernels, ``False`` compares seed ``s`` with seed ``s`` of the widest. Dimensionless.
     """
     return _to_widest(

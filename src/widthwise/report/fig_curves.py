@@ -18,6 +18,7 @@ from widthwise.report.style import (
     LINESTYLES,
     new_figure,
     positive,
+    reference_slopes,
     style_axes,
     styled,
     width_colorbar,
@@ -173,7 +174,9 @@ def distance_to_widest(
     """Scaled RMSE to the widest width over training and at the end (paper Fig. 3 d-f).
 
     ``single`` (width, seed, test_step): seed s vs seed s of the widest; ``ensemble``
-    (width, test_step): seed means compared. The widest (distance 0) is not drawn.
+    (width, test_step): seed means compared. The widest (distance 0) is not drawn. The
+    last panel (final step against width) carries the reference slopes n^-1/2 and n^-1
+    from the narrowest width's value (:func:`~widthwise.report.style.reference_slopes`).
     """
     ref = single.width.values.max()
     single = single.sel(width=single.width != ref)
@@ -208,8 +211,14 @@ def distance_to_widest(
     mean = positive(last.mean("seed").values)
     ax.errorbar(w, mean, yerr=_err(last), color="0.2", marker="o", ms=3, capsize=2, label="single")
     if ens is not None:
-        ax.plot(
-            w, positive(ens.isel(test_step=-1).values), "s--", color="0.5", ms=3, label="ensemble"
+        ax.plot(  # solid, open squares: the dashed grey lines are the reference slopes
+            w,
+            positive(ens.isel(test_step=-1).values),
+            "s-",
+            color="0.45",
+            mfc="white",
+            ms=3.5,
+            label="ensemble",
         )
     for wi in widths:
         ax.plot(
@@ -229,7 +238,10 @@ def distance_to_widest(
         logy=True,
     )
     width_ticks(ax, w)
-    ax.legend()
+    if len(w):  # theory's slopes from the narrowest width's seed mean
+        reference_slopes(ax, w, float(mean[0]))
+    # below the panel: data fill it from corner to corner
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncols=2, fontsize=6.5)
     width_colorbar(fig, axes, sorted([*widths, ref]))
     return fig
 

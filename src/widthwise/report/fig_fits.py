@@ -13,6 +13,7 @@ from widthwise.report.style import (
     MARKERS,
     new_figure,
     positive,
+    reference_slopes,
     style_axes,
     styled,
     width_colorbar,
@@ -38,13 +39,18 @@ def bias_variance(
     ensemble) and the bias gap (ensemble − widest ensemble). ``curves``: the same over
     training, dims (width, test_step): single (solid) vs ensemble (dashed) loss.
     ``sizes``: :func:`widthwise.analysis.ensemble_size_curve` at one step, dims
-    (ensemble_size, width): loss of ensembles of k seeds.
+    (ensemble_size, width): loss of ensembles of k seeds. With ``variance`` finite at
+    two widths or more, a panel draws the variance (and the bias) against width, log-log,
+    with the reference slopes n^-1/2 and n^-1 (variance ∝ 1/n: paper Section 3).
     """
-    ncols = 1 + (curves is not None) + (sizes is not None)
-    fig, axes = new_figure(1, ncols)
     widths = final.width.values.tolist()
+    against = "variance" in final and int(np.sum(positive(final["variance"].values) > 0)) >= 2
+    n = 1 + (curves is not None) + (sizes is not None) + against
+    # four panels do not fit one row legibly: two rows of two
+    fig, grid = new_figure(2, 2) if n == 4 else new_figure(1, n)
+    slots = iter(grid.flat)
     colors = width_colors(widths)
-    ax = axes[0, 0]
+    ax = next(slots)
     names = [
         ("single_loss", "single net"),
         ("ensemble_loss", "ensemble"),
@@ -63,10 +69,8 @@ def bias_variance(
     if np.isfinite(top) and top > 0:
         ax.set_ylim(top=top * 1.5)  # room for the legend above the bars
     ax.legend(loc="upper center", ncols=2, fontsize=6.5, columnspacing=1.0, handlelength=1.2)
-    col = 1
     if curves is not None:
-        ax = axes[0, col]
-        col += 1
+        ax = next(slots)
         width_lines(ax, curves["single_loss"], "test_step", colors, logx=True, logy=True)
         width_lines(ax, curves["ensemble_loss"], "test_step", colors, logx=True, logy=True, ls="--")
         ax.plot([], [], color="0.3", label="single net")
@@ -80,8 +84,10 @@ def bias_variance(
             logx=True,
             logy=True,
         )
+    if against:
+        _variance_vs_width(next(slots), final, colors)
     if sizes is not None:
-        ax = axes[0, col]
+        ax = next(slots)
         k = sizes.ensemble_size.values
         for w in widths:
             ax.plot(k, positive(sizes.sel(width=w).values), "o-", color=colors[w], ms=3)
@@ -94,8 +100,43 @@ def bias_variance(
             title="ensemble-size sufficiency",
             logy=True,
         )
-    width_colorbar(fig, axes, widths)
+    width_colorbar(fig, grid, widths)
     return fig
+
+
+def _variance_vs_width(ax, final: xr.Dataset, colors: dict) -> None:
+    """Variance over seeds (Eq. 10) and bias (Eq. 9, the widest left out: 0) against
+    width, log-log, with theory's n^-1/2 and n^-1 from the narrowest width's variance."""
+    w = final.width.values.astype(np.float64)
+    var = positive(final["variance"].values)
+    ax.plot(w, var, color="0.25", lw=1, zorder=2, label="variance")
+    ax.scatter(w, var, c=[colors[x] for x in final.width.values], s=14, zorder=3)
+    if "bias" in final:
+        narrower = final.width.values != final.width.values.max()
+        ax.plot(  # solid, open squares: the dashed grey lines are the reference slopes
+            w[narrower],
+            positive(final["bias"].values[narrower]),
+            "s-",
+            color="0.45",
+            mfc="white",
+            ms=3.5,
+            lw=0.9,
+            zorder=2,
+            label="bias",
+        )
+    style_axes(
+        ax,
+        xlabel="width",
+        ylabel="variance, bias (Eq. 10, 9)",
+        title="variance and bias vs width",
+        logx=True,
+        logy=True,
+    )
+    width_ticks(ax, w)
+    first = np.flatnonzero(np.isfinite(var))
+    if first.size:
+        reference_slopes(ax, w[first[0] :], float(var[first[0]]))
+    ax.legend(loc="best", fontsize=6.5, handlelength=2.2)
 
 
 def _fmt_ci(v: float, ci: np.ndarray) -> str:

@@ -14,8 +14,10 @@ from widthwise.report.fig_curves import STEP, _layer_legend, width_lines
 from widthwise.report.style import (
     FULL,
     LINESTYLES,
+    MARKERS,
     new_figure,
     positive,
+    reference_slopes,
     style_axes,
     styled,
     width_colorbar,
@@ -78,10 +80,10 @@ def _heatmap_grid(
 
 
 @styled
-def kernel_grid(kernels: xr.DataArray, *, layer_dim: str = "kernel_layer") -> Figure:
+def kernel_grid(kernels: xr.DataArray, *, layer_dim: str = "kernels_layer") -> Figure:
     """Seed-mean feature kernels as a layer × width grid of heatmaps (paper Fig. 5 b, 12).
 
-    ``kernels`` (layer_dim, width, kpoint_i, kpoint_j); each row shares one colour scale.
+    ``kernels`` (layer_dim, width, kernels_point_i, kernels_point_j); each row shares one colour scale.
     """
     sym = bool(np.nanmin(kernels.values) < 0)
     return _heatmap_grid(
@@ -118,7 +120,7 @@ def kernel_distance(
     cka: xr.DataArray,
     alignment: xr.DataArray | None = None,
     *,
-    layer_dim: str = "kernel_layer",
+    layer_dim: str = "kernels_layer",
 ) -> Figure:
     """Distance of each width's kernel to the widest over training (paper Fig. 5 c, 12, 14).
 
@@ -153,16 +155,55 @@ def kernel_distance(
 
 
 @styled
+def kernel_limit_distance(
+    dist: xr.DataArray, *, kernel_dim: str = "kernel", step: int | None = 0
+) -> Figure:
+    """Distance of each width's seed-mean kernel to its analytic infinite-width limit.
+
+    ``dist`` (width, kernel_dim): ``relative_frobenius`` of the seed-mean kernel (at
+    ``step``, default init) to :func:`widthwise.analysis.limit_kernels_for`'s limit, one
+    line per kernel (a feature-kernel layer, the eNTK; colour and marker per kernel),
+    log-log against width, with the
+    reference slopes n^-1/2 (the fluctuations around the limit theory predicts) and n^-1
+    from the narrowest width's value of the first kernel.
+    """
+    fig, axes = new_figure(1, 1, height=2.6, width=FULL * 0.6)
+    ax = axes[0, 0]
+    w = dist.width.values.astype(np.float64)
+    names = _names(dist, kernel_dim, "kernel")
+    for i, name in enumerate(names):  # width is the x axis: colour and marker name the kernel
+        y = positive(dist.isel({kernel_dim: i}).values)
+        marker = MARKERS[i % len(MARKERS)]
+        ax.plot(w, y, color=f"C{i}", marker=marker, ms=4, lw=1.1, zorder=2 + i, label=name)
+    at = "" if step is None else f" at step {int(step)}"
+    style_axes(
+        ax,
+        xlabel="width",
+        ylabel="‖K̄_n − K_∞‖ / ‖K_∞‖",
+        title=f"distance to the infinite-width limit{at}",
+        logx=True,
+        logy=True,
+    )
+    width_ticks(ax, w)
+    first = positive(dist.isel({kernel_dim: 0}).values) if dist.sizes[kernel_dim] else []
+    if np.isfinite(first).any():
+        i0 = int(np.flatnonzero(np.isfinite(first))[0])
+        reference_slopes(ax, w[i0:], float(first[i0]))
+    ax.legend(loc="lower left", fontsize=6.5, handlelength=2.4)
+    return fig
+
+
+@styled
 def preact_histograms(
     density: xr.DataArray,
     w1: xr.DataArray | None = None,
     initial: xr.DataArray | None = None,
     *,
-    layer_dim: str = "preact_layer",
+    layer_dim: str = "preacts_layer",
 ) -> Figure:
     """Preactivation densities per layer, overlaid per width (paper Fig. 5 a, 11).
 
-    ``density`` (width, layer, preact_bin) at one step (coordinate ``preact_bin``: bin
+    ``density`` (width, layer, preacts_bin) at one step (coordinate ``preacts_bin``: bin
     centres); ``initial`` the same at initialization (thin dotted). ``w1`` (width,
     preacts_step, layer): Wasserstein-1 distance to the widest, drawn against width.
     """
@@ -171,7 +212,7 @@ def preact_histograms(
     fig, axes = new_figure(1, ncols)
     widths = density.width.values.tolist()
     colors = width_colors(widths)
-    x = density.preact_bin.values
+    x = density.preacts_bin.values
     for i, (ax, name) in enumerate(zip(axes[0], layers)):
         for w in widths:
             ax.plot(x, density.sel(width=w).isel({layer_dim: i}).values, color=colors[w])
@@ -212,6 +253,10 @@ def preact_histograms(
             logy=True,
         )
         width_ticks(ax, w1.width.values)
+        first = positive(w1.isel({layer_dim: 0}).sel(preacts_step=steps[-1]).values)
+        if np.isfinite(first).any():  # theory's slopes from the narrowest finite value
+            i0 = int(np.flatnonzero(np.isfinite(first))[0])
+            reference_slopes(ax, w1.width.values[i0:], float(first[i0]))
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.28), ncols=2, fontsize=6)
     width_colorbar(fig, axes[0, : len(layers)].tolist(), widths)
     return fig
@@ -231,7 +276,7 @@ def attention_grid(maps: xr.DataArray, *, row_dim: str = "row") -> Figure:
 
 
 @styled
-def attention_distance(tv: xr.DataArray, *, layer_dim: str = "attn_layer") -> Figure:
+def attention_distance(tv: xr.DataArray, *, layer_dim: str = "attention_layer") -> Figure:
     """Total-variation distance of seed-mean attention maps to the widest's, over training.
 
     ``tv`` (width, attention_step, layer) from
@@ -288,6 +333,10 @@ def _attention_distance_vs_width(others: xr.DataArray, layer_dim: str, ref: int)
         logy=True,
     )
     width_ticks(ax, last.width.values)
+    first = positive(np.asarray(last.isel({layer_dim: 0}) if layer_dim in last.dims else last))
+    if np.isfinite(first).any():
+        i0 = int(np.flatnonzero(np.isfinite(first))[0])
+        reference_slopes(ax, last.width.values[i0:], float(first[i0]))
     ax.legend(loc="best")
     return fig
 

@@ -11,7 +11,7 @@ import base64
 import html
 from collections.abc import Mapping, Sequence
 
-from widthwise.report.section import Section
+from widthwise.report.section import Banner, Section
 
 CSS = """
 :root { --fg: #1d2330; --muted: #5b6475; --line: #dde1e8; --accent: #2f6f9f; }
@@ -41,6 +41,10 @@ th, td { border-bottom: 1px solid var(--line); padding: 4px 12px 4px 0; text-ali
 th { color: var(--muted); font-weight: 600; }
 .note { color: #8a5a00; background: #fff8e6; border-left: 3px solid #e0a800;
   padding: 4px 10px; font-size: 14px; }
+.banner { background: #fff4e5; border: 1px solid #e0a800; border-left: 5px solid #c77700;
+  border-radius: 8px; padding: 10px 22px; margin: 18px 0 0; }
+.banner p { margin: 4px 0; max-width: 90ch; }
+.banner ul { margin: 4px 0 6px; padding-left: 20px; }
 .files { color: var(--muted); font-size: 12px; margin-top: 8px; }
 .files code { font-size: 12px; }
 footer { color: var(--muted); font-size: 12px; text-align: center; padding: 10px; }
@@ -95,16 +99,38 @@ def _section_html(sec: Section, images: Mapping[str, tuple[bytes, int]]) -> str:
     return "\n".join(parts)
 
 
+def banner_html(banner: Banner) -> str:
+    """The box above every section of a partial or diverged study: one item per width
+    (``data-width``, ``data-state``: the word ``widthwise show`` prints)."""
+    parts = [
+        '<div class="banner" id="banner" role="note">',
+        f"<p><strong>{esc(banner.headline)}</strong></p>",
+        "<ul>",
+    ]
+    parts += [
+        f'<li data-width="{w}" data-state="{esc(state)}">{esc(line)}</li>'
+        for w, state, line in banner.widths
+    ]
+    parts.append("</ul>")
+    parts += [f"<p>{esc(note)}</p>" for note in banner.notes]
+    parts.append("</div>")
+    return "\n".join(parts)
+
+
 def render_html(
     title: str,
     subtitle: str,
     sections: Sequence[Section],
     images: Mapping[str, tuple[bytes, int]],
     footer: str = "",
+    banner: Banner | None = None,
 ) -> str:
-    """The whole page. ``images`` maps a panel name to (PNG bytes, display width in px)."""
+    """The whole page. ``images`` maps a panel name to (PNG bytes, display width in px);
+    ``banner`` (a partial or diverged study) goes above the first section."""
     nav = " ".join(f'<a href="#{esc(s.id)}">{esc(s.title)}</a>' for s in sections)
     body = "\n".join(_section_html(s, images) for s in sections)
+    if banner is not None:
+        body = banner_html(banner) + "\n" + body
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'

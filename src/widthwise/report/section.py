@@ -66,10 +66,11 @@ def spec_of(ds: xr.Dataset) -> dict[str, Any]:
 
 
 def loss_kind(ds: xr.Dataset) -> str:
-    """'cross_entropy' for classification studies (labels recorded), else 'mse'."""
-    spec_loss = spec_of(ds).get("loss")
-    if spec_loss:
-        return spec_loss
+    """The loss the study trained with (``open_study``'s ``attrs["loss"]``; else the
+    spec's, else 'cross_entropy' when labels were recorded, 'mse' otherwise)."""
+    for loss in (ds.attrs.get("loss"), spec_of(ds).get("loss")):
+        if loss in ("mse", "cross_entropy"):
+            return loss
     return "cross_entropy" if "test_label" in ds else "mse"
 
 
@@ -78,10 +79,13 @@ def loss_label(ds: xr.Dataset) -> str:
 
 
 def target_of(ds: xr.Dataset) -> xr.DataArray | None:
-    """Probe-set targets: ``test_label`` (classification) or ``test_target`` (regression)."""
-    if loss_kind(ds) == "cross_entropy" and "test_label" in ds:
-        return ds["test_label"]
-    return ds.get("test_target")
+    """Probe-set targets as stored: ``test_label`` (class or token labels) or
+    ``test_target`` (regression), carrying the study's loss in ``attrs["loss"]`` (the
+    analysis one-hot encodes labels for mse, as the trainer did)."""
+    target = ds["test_label"] if "test_label" in ds else ds.get("test_target")
+    if target is not None:
+        target = target.assign_attrs(loss=loss_kind(ds))
+    return target
 
 
 def has(ds: xr.Dataset, *names: str) -> bool:
@@ -129,6 +133,130 @@ def flatten_samples(ds: xr.Dataset) -> xr.Dataset:
             out[name] = fold(ds[name])
     out.attrs[FLAT] = ", ".join(extra)
     return out
+
+
+# -- partial studies: which width reached which step ----------------------------------
+
+
+def _step_dims(ds: xr.Dataset) -> list[str]:
+    return [d for d in ds.dims if d == "step" or str(d).endswith("_step")]
+
+
+def last_reached(ds: xr.Dataset) -> xr.DataArray:
+    """(width,) the last step each width reached; +inf for a finished (``done``) width.
+
+    An unfinished width reached the larger of its status's ``step_reached`` and the last
+    step at which any of its members recorded a finite value (a killed run may have
+    logged past its last checkpoint). Steps beyond it hold NaN in the Dataset: nothing
+    there is data, and nothing comparing widths is computed there.
+    """
+    done = ds["status"] == "done" if "status" in ds else xr.full_like(ds.width, True, bool)
+    last = (
+        ds["step_reached"].astype(np.float64)
+        if "step_reached" in ds
+        else xr.full_like(ds.width, -1.0, np.float64)
+    )
+    for var in [] if bool(done.all()) else ds.data_vars.values():
+        if "width" not in var.dims or var.dtype.kind != "f":
+            continue
+        for sd in (d for d in var.dims if d in _step_dims(ds)):
+            finite = np.isfinite(var).any([d for d in var.dims if d not in ("width", sd)])
+            seen = ds[sd].where(finite).max(sd, skipna=True).fillna(-1)
+            last = np.maximum(last, seen)
+    return xr.where(done, np.inf, last).rename("last_reached")
+
+
+def reached(ds: xr.Dataset, step_dim: str) -> xr.DataArray:
+    """(width, step_dim) True where the width reached that step (see :func:`last_reached`)."""
+    return (ds[step_dim] <= last_reached(ds)).transpose("width", step_dim).rename("reached")
+
+
+def common_steps(ds: xr.Dataset, step_dim: str) -> np.ndarray:
+    """The steps of ``step_dim`` that every width reached (all of them in a finished study)."""
+    ok = reached(ds, step_dim).all("width")
+    return ds[step_dim].values[ok.values]
+
+
+def is_partial(ds: xr.Dataset) -> bool:
+    """Some width is not done, or a width of the manifest has no results yet."""
+    planned = [int(w) for w in ds.attrs.get("planned_widths", ds.width.values)]
+    present = {int(w) for w in ds.width.values}
+    unfinished = "status" in ds and bool((ds["status"] != "done").any())
+    return unfinished or any(w not in present for w in planned)
+
+
+@dataclass
+class Banner:
+    """What a partial or diverged study is missing, shown above every section.
+
+    ``widths``: one (width, state, line) per width of the study's manifest, ``state``
+    the word ``widthwise show`` prints (``open_study``'s ``status``).
+    """
+
+    headline: str
+    widths: list[tuple[int, str, str]]
+    notes: list[str] = field(default_factory=list)
+
+
+def study_banner(ds: xr.Dataset) -> Banner | None:
+    """The banner of a partial or diverged study (None for a finished one without
+    diverged members): which widths are not done, the step each reached out of
+    ``steps``, diverged members per width, and what the analysis leaves out."""
+    diverged = ds.get("diverged_step")
+    any_div = diverged is not None and bool((diverged >= 0).any())
+    partial = is_partial(ds)
+    if not (partial or any_div):
+        return None
+    steps = ds.attrs.get("steps", spec_of(ds).get("steps", -1))
+    of = f" of {steps}" if isinstance(steps, int) and steps >= 0 else ""
+    planned = [int(w) for w in ds.attrs.get("planned_widths", ds.width.values)]
+    present = [int(w) for w in ds.width.values]
+    reached_at = ds.get("step_reached")
+    rows, not_done = [], []
+    for w in planned:
+        if w not in present:
+            rows.append((w, "not started", f"width {w}: not started (no results)"))
+            not_done.append(w)
+            continue
+        state = str(ds["status"].sel(width=w).item()) if "status" in ds else "unknown"
+        parts = [f"width {w}: {state}"]
+        step = -1 if reached_at is None else int(reached_at.sel(width=w))
+        if state != "done":
+            not_done.append(w)
+            parts.append(f"reached step {step}{of}" if step >= 0 else "step reached unknown")
+        if diverged is not None:
+            d = diverged.sel(width=w)
+            dead = [(int(s), int(t)) for s, t in zip(d.seed.values, d.values) if t >= 0]
+            if dead:
+                at = ", ".join(f"seed {s} at step {t}" for s, t in dead)
+                parts.append(f"{len(dead)}/{d.sizes['seed']} diverged: {at}")
+        rows.append((w, state, "; ".join(parts)))
+    notes = []
+    if partial:
+        headline = (
+            f"Partial study: {len(planned) - len(not_done)} of {len(planned)} widths are done; "
+            f"not done: {', '.join(map(str, not_done))}."
+        )
+        test = common_steps(ds, "test_step") if "test_step" in ds.dims else np.array([])
+        notes.append(
+            "Everything that compares widths at a step (distance to the widest, successive "
+            "differences, verdicts, bias and variance, power laws) leaves out, as NaN, the "
+            "widths that did not reach that step; no value is shown for them there."
+            + (
+                f" Verdicts and final-step comparisons are at step {int(test[-1])}, the last "
+                "test step every width reached."
+                if len(test)
+                else ""
+            )
+        )
+    else:
+        headline = "Diverged members: every width is done, but some members diverged."
+    if any_div:
+        notes.append(
+            "A diverged member is frozen at the step it diverged and left out of every mean "
+            "from then on."
+        )
+    return Banner(headline, rows, notes)
 
 
 def fmt_width(w: float) -> str:

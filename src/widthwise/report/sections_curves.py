@@ -15,12 +15,23 @@ from widthwise.report.section import (
     TOL,
     Panel,
     Section,
+    common_steps,
     fmt_width,
     has,
+    is_partial,
     loss_label,
+    reached,
     spec_of,
     target_of,
     tidy,
+)
+from widthwise.report.sections_repr import (
+    NOT_MEASURED,
+    fmt,
+    limit_sentence,
+    monotone_word,
+    per_width,
+    trend_sentence,
 )
 from widthwise.summary import FINAL_WINDOW
 
@@ -32,19 +43,25 @@ def _logit_output(ds: xr.Dataset) -> xr.DataArray:
     logits = ds.test_logits
     if logits.sizes["output"] == 1:
         return logits.isel(output=0, drop=True)
-    if "test_label" in ds:
-        return logits.isel(output=ds.test_label.astype(np.int64), drop=True)
+    if "test_label" in ds:  # positions without a label (-100): class 0, and not shown
+        label = ds.test_label.astype(np.int64)
+        return logits.isel(output=label.where(label >= 0, 0), drop=True)
     return logits.isel(output=0, drop=True)
 
 
 def _verdicts(ds: xr.Dataset, tol: float) -> tuple[list[list[str]], dict[str, xr.DataArray]]:
-    """Final-step verdict rows and the full verdict arrays (for CSV)."""
+    """Verdict rows at the last step every width reached, and the verdict arrays (for
+    CSV) at every step every width reached: a width that did not reach a step would
+    count as "not consistent" there, so such steps get no verdict at all."""
     diffs = successive_diff_arrays(ds)
     rows, arrays = [], {}
     for name, d in diffs.items():
-        v = wa.consistency_verdict(d, tol=tol)
+        step_dim = next(x for x in d.dims if x.endswith("step"))
+        v = wa.consistency_verdict(d.sel({step_dim: common_steps(ds, step_dim)}), tol=tol)
         arrays[name] = v
-        step_dim = next(x for x in v.dims if x.endswith("step"))
+        if v.sizes[step_dim] == 0:
+            rows.append([name, "—", "undetermined: no recorded step that every width reached"])
+            continue
         last = v.isel({step_dim: -1})
         step = int(v[step_dim].values[-1])
         if last.ndim == 0:
@@ -64,8 +81,21 @@ def _verdict_text(w: float) -> str:
     return f"consistent from width {fmt_width(w)}"
 
 
+def _pair_reached(ds: xr.Dataset, diff: xr.DataArray) -> xr.DataArray:
+    """``diff`` (a successive difference) NaN wherever either width of its pair did not
+    reach the step."""
+    step_dim = next(x for x in diff.dims if x.endswith("step"))
+    ok = reached(ds, step_dim)
+    both = ok.sel(width=diff.width.values).values & ok.sel(width=diff.width_wider.values).values
+    mask = xr.DataArray(
+        both, dims=("width", step_dim), coords={"width": diff.width.values, step_dim: ok[step_dim]}
+    )
+    return diff.where(mask)
+
+
 def successive_diff_arrays(ds: xr.Dataset) -> dict[str, xr.DataArray]:
-    """Relative successive differences of the seed-mean loss, logits and kernels (Fig. 4)."""
+    """Relative successive differences of the seed-mean loss, logits and kernels (Fig. 4);
+    NaN at the steps where either width of a pair did not reach (partial studies)."""
     if ds.sizes["width"] < 2:
         return {}
     out = {}
@@ -80,12 +110,12 @@ def successive_diff_arrays(ds: xr.Dataset) -> dict[str, xr.DataArray]:
     if has(ds, "feature_kernel"):
         out["feature kernels"] = wa.successive_differences(
             ds.feature_kernel,
-            over=("kpoint_i", "kpoint_j"),
+            over=("kernels_point_i", "kernels_point_j"),
             ensemble=True,
             relative=True,
             norm="fro",
         )
-    return out
+    return {name: _pair_reached(ds, d) for name, d in out.items()}
 
 
 def summary_section(ds: xr.Dataset, tol: float = TOL) -> Section:
@@ -119,9 +149,14 @@ def summary_section(ds: xr.Dataset, tol: float = TOL) -> Section:
         ("wall time", _wall_text(ds)),
         ("spec hash", str(ds.attrs.get("spec_hash", "?"))),
     ]
-    not_done = [f"{int(w)}: {s}" for w, s in zip(ds.width.values, ds.status.values) if s != "done"]
+    not_done = _unfinished_text(ds)
     if not_done:
-        facts.append(("unfinished widths", "; ".join(not_done)))
+        facts.append(("unfinished widths", not_done))
+    at = (
+        "at the last recorded step every width reached (a partial study: see the banner)"
+        if is_partial(ds)
+        else "at the final recorded step"
+    )
     sec = Section(
         id="summary",
         title="Summary",
@@ -130,8 +165,7 @@ def summary_section(ds: xr.Dataset, tol: float = TOL) -> Section:
             "What was trained and the consistency verdicts: a quantity is consistent from "
             "width n when the relative successive differences |q(2n) − q(n)| / |q(2n)| of "
             f"its seed mean stay ≤ {tol:g} ({tol:.0%}) for n and every wider pair "
-            "(RMS over probe points for logits, Frobenius norm for kernels), at the final "
-            "recorded step."
+            f"(RMS over probe points for logits, Frobenius norm for kernels), {at}."
         ),
         facts=facts,
     )
@@ -145,6 +179,25 @@ def summary_section(ds: xr.Dataset, tol: float = TOL) -> Section:
     else:
         sec.notes.append("No verdicts: the study has a single width.")
     return sec
+
+
+def _unfinished_text(ds: xr.Dataset) -> str:
+    """``32: interrupted at step 7 of 20; 64: not started`` (the words of ``widthwise show``)."""
+    steps = ds.attrs.get("steps", spec_of(ds).get("steps", -1))
+    of = f" of {steps}" if isinstance(steps, int) and steps >= 0 else ""
+    items = []
+    for w, state in zip(ds.width.values, ds.status.values):
+        if state == "done":
+            continue
+        step = int(ds.step_reached.sel(width=w)) if "step_reached" in ds else -1
+        items.append(f"{int(w)}: {state}" + (f" at step {step}{of}" if step >= 0 else ""))
+    present = {int(w) for w in ds.width.values}
+    items += [
+        f"{int(w)}: not started"
+        for w in ds.attrs.get("planned_widths", [])
+        if int(w) not in present
+    ]
+    return "; ".join(items)
 
 
 def _kv(options: dict | None) -> str:
@@ -190,8 +243,7 @@ def loss_section(ds: xr.Dataset) -> Section | None:
         id="loss",
         title="Loss curves",
         paper="Fig. 2",
-        text="Losses over training, coloured by width (log-log): in a consistent "
-        "parameterization wider is better at every step and the curves converge.",
+        text="Losses over training, coloured by width (log-log). " + _loss_summary(ds),
         panels=[
             Panel(
                 "loss_curves",
@@ -207,11 +259,61 @@ def loss_section(ds: xr.Dataset) -> Section | None:
     return sec
 
 
+def wider_is_better(mean: xr.DataArray, step_dim: str) -> tuple[int, int]:
+    """(steps where the seed-mean loss strictly decreases in width, steps compared):
+    over the steps after 0 where every width has a finite value."""
+    m = mean.sortby("width").transpose("width", step_dim)
+    m = m.sel({step_dim: m[step_dim] > 0})
+    ok = np.isfinite(m).all("width")
+    better = (m.diff("width") < 0).all("width") & ok
+    return int(better.sum()), int(ok.sum())
+
+
+def loss_sentence(what: str, widths, final, step: int, better: int, total: int) -> str:
+    """'Test loss at step 400 (seed means): 0.0168 at width 64, … (decreasing in width);
+    lower at every wider width at 20 of 20 recorded steps after step 0.'"""
+    v = np.asarray(final, dtype=np.float64)
+    if not np.isfinite(v).any():
+        return f"{what} at step {step}: {NOT_MEASURED}."
+    trend = monotone_word(v)
+    text = f"{what} at step {step} (seed means): {per_width(widths, v)}" + (
+        f" ({trend})" if trend else ""
+    )
+    if total:
+        every = " (every one)" if better == total else " (none)" if better == 0 else ""
+        text += (
+            f"; lower at every wider width at {better} of the {total} recorded steps after "
+            f"step 0{every}"
+        )
+    return text + "."
+
+
+def _loss_summary(ds: xr.Dataset) -> str:
+    """The loss section's sentence from the seed-mean curves at the steps every width
+    reached (the numbers of ``test_loss.csv``, else ``train_loss.csv``)."""
+    test = has(ds, "test_loss")
+    da, step_dim = (ds.test_loss, "test_step") if test else (ds.train_loss, "step")
+    steps = common_steps(ds, step_dim)
+    what = "Test loss" if test else "Training loss"
+    if len(steps) == 0:
+        return f"{what}: {NOT_MEASURED} at a step every width reached."
+    mean = da.sel({step_dim: steps}).mean("seed", skipna=True)
+    better, total = wider_is_better(mean, step_dim) if ds.sizes["width"] >= 2 else (0, 0)
+    if test:
+        final = mean.sel(test_step=steps[-1])
+    else:  # the minibatch loss is noisy: the mean of the last FINAL_WINDOW steps
+        final = mean.sel(step=steps[-FINAL_WINDOW:]).mean("step")
+        what = f"Training loss (mean of the last {min(FINAL_WINDOW, len(steps))} steps)"
+    widths = mean.width.values.tolist()
+    return loss_sentence(what, widths, final.values, int(steps[-1]), better, total)
+
+
 def logits_section(ds: xr.Dataset) -> Section | None:
     if not has(ds, "test_logits"):
         return None
     logits = _logit_output(ds)
-    pts = logits.point.values[:LOGIT_POINTS]
+    shown = ds.test_label.values >= 0 if "test_label" in ds else slice(None)  # labelled
+    pts = logits.point.values[shown][:LOGIT_POINTS]
     logits = logits.sel(point=pts)
     target = None
     if (
@@ -227,8 +329,8 @@ def logits_section(ds: xr.Dataset) -> Section | None:
         id="logits",
         title="Logit trajectories",
         paper="Fig. 3 a-c",
-        text=f"The {what} on the first {len(pts)} probe points over training: wide "
-        "networks follow the same trajectory, point by point.",
+        text=f"The {what} on the first {len(pts)} probe points over training. "
+        + _logit_summary(ds, logits),
         panels=[
             Panel(
                 "logit_trajectories",
@@ -242,32 +344,90 @@ def logits_section(ds: xr.Dataset) -> Section | None:
     return sec
 
 
+def _logit_summary(ds: xr.Dataset, logits: xr.DataArray) -> str:
+    """How far each width's seed-mean trajectories on the shown points are from the
+    widest's: scaled RMSE over those points and the test steps every width reached."""
+    steps = common_steps(ds, "test_step")
+    if ds.sizes["width"] < 2 or len(steps) == 0:
+        return ""
+    mean = logits.sel(test_step=steps).mean("seed", skipna=True)
+    ref = mean.width.values.max()
+    d = wa.scaled_rmse(
+        mean.sel(width=mean.width != ref),
+        mean.sel(width=ref, drop=True),
+        over=("point", "test_step"),
+    )
+    label = (
+        f"Scaled RMSE of the seed-mean trajectories to the widest's ({int(ref)}) over these "
+        f"points and steps {int(steps[0])}–{int(steps[-1])}"
+    )
+    return trend_sentence(label, d.width.values.tolist(), d.values) + "."
+
+
 def distance_section(ds: xr.Dataset) -> Section | None:
     if not has(ds, "test_logits") or ds.sizes["width"] < 2:
         return None
-    single = wa.scaled_rmse_to_widest(ds.test_logits)
-    ens = wa.scaled_rmse_to_widest(ds.test_logits, ensemble=True)
-    fig = fig_curves.distance_to_widest(single, ens)
     ref = int(ds.width.values.max())
+    # steps the widest reached (elsewhere there is no reference); a width that did not
+    # reach a step is NaN there, never compared
+    ok = reached(ds, "test_step")
+    steps = ds.test_step.values[ok.sel(width=ref).values]
+    if len(steps) == 0:
+        return None
+    single = wa.scaled_rmse_to_widest(ds.test_logits).where(ok).sel(test_step=steps)
+    ens = wa.scaled_rmse_to_widest(ds.test_logits, ensemble=True).where(ok).sel(test_step=steps)
+    fig = fig_curves.distance_to_widest(single, ens)
+    missing = [int(w) for w in ds.width.values if not bool(ok.sel(width=w, test_step=steps[-1]))]
     sec = Section(
         id="distance",
         title="Distance to the widest",
         paper="Fig. 3 d-f",
         text=f"Scaled RMSE of the test logits to the widest width ({ref}): RMS over probe "
         "points of f_n − f_widest divided by the RMS of f_widest; per seed (seed s vs seed s) "
-        "and between seed means.",
+        "and between seed means. " + _distance_summary(single, ens),
         panels=[
             Panel(
                 "distance_to_widest",
                 fig,
                 "Left: per seed (mean and range); middle: "
-                "ensemble means; right: at the final step against width.",
+                f"ensemble means; right: at step {int(steps[-1])} against width, with "
+                "reference slopes n^−1/2 and n^−1 (dashed grey) from the narrowest width's "
+                "per-seed mean."
+                + (
+                    f" Left out (NaN: did not reach the step): width "
+                    f"{', '.join(map(str, missing))} at step {int(steps[-1])}."
+                    if missing
+                    else ""
+                )
+                + (
+                    " A width is NaN at the steps it did not reach; steps the widest did "
+                    "not reach have no reference and are not shown."
+                    if is_partial(ds)
+                    else ""
+                ),
             )
         ],
     )
     sec.tables["scaled_rmse_single"] = tidy(single)
     sec.tables["scaled_rmse_ensemble"] = tidy(ens)
     return sec
+
+
+def _distance_summary(single: xr.DataArray, ens: xr.DataArray) -> str:
+    """The distance section's sentence at its last step (``scaled_rmse_*.csv`` there; the
+    per-seed numbers are the mean over seeds of ``scaled_rmse_single``)."""
+    ref = single.width.values.max()
+    step = int(single.test_step.values[-1])
+    s = single.isel(test_step=-1).sel(width=single.width != ref).mean("seed", skipna=True)
+    e = ens.isel(test_step=-1).sel(width=ens.width != ref)
+    widths = s.width.values.tolist()
+    return (
+        f"At step {step}: "
+        + trend_sentence("per seed (mean over seeds)", widths, s.values)
+        + "; "
+        + trend_sentence("seed means", widths, e.values)
+        + "."
+    )
 
 
 def successive_section(ds: xr.Dataset, tol: float = TOL) -> Section | None:
@@ -280,13 +440,18 @@ def successive_section(ds: xr.Dataset, tol: float = TOL) -> Section | None:
         title="Successive-width differences",
         paper="Fig. 4",
         text="Relative difference between consecutive widths, ‖q(2n) − q(n)‖ / ‖q(2n)‖, of "
-        "seed means: shrinking differences mean the quantity converges in width. "
-        f"The dashed red line is the verdict tolerance {tol:g}.",
+        f"seed means; the dashed red line is the verdict tolerance {tol:g}. "
+        + _successive_summary(ds, diffs, tol),
         panels=[
             Panel(
                 "successive_differences",
                 fig,
-                "Colour: the narrower width n of each pair; linestyle: layer (kernels).",
+                "Colour: the narrower width n of each pair; linestyle: layer (kernels)."
+                + (
+                    " A pair is left out (NaN) at the steps either of its widths did not reach."
+                    if is_partial(ds)
+                    else ""
+                ),
             )
         ],
     )
@@ -295,34 +460,132 @@ def successive_section(ds: xr.Dataset, tol: float = TOL) -> Section | None:
     return sec
 
 
+def successive_sentence(name: str, pairs, values, tol: float) -> str:
+    """'test loss: 0.44 at 64-128, 0.35 at 128-256 (decreasing in width; ≤ 0.05 from
+    pair 256-512 on)' — each pair's relative difference and where it is within ``tol``
+    (the verdict's rule); "not measured" when no value is finite."""
+    v = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(v).any():
+        return f"{name}: {NOT_MEASURED}"
+    items = ", ".join(f"{fmt(x)} at {p}" for p, x in zip(pairs, v))
+    within = np.isfinite(v) & (v <= tol)
+    if within.all():
+        where = f"≤ {tol:g} at every pair"
+    elif not within.any():
+        where = f"> {tol:g} at every pair"
+    else:
+        tail = [i for i in range(len(v)) if within[i:].all()]
+        where = (
+            f"≤ {tol:g} from pair {pairs[tail[0]]} on"
+            if tail
+            else f"> {tol:g} at the widest pair {pairs[-1]}"
+        )
+    trend = monotone_word(v)
+    return f"{name}: {items} ({'; '.join(x for x in (trend, where) if x)})"
+
+
+def _successive_summary(ds: xr.Dataset, diffs: dict[str, xr.DataArray], tol: float) -> str:
+    """Each quantity's relative successive differences at the last step every width
+    reached (its ``successive_*.csv`` there), per layer for kernels."""
+    parts: list[tuple[str, int | None]] = []
+    for name, d in diffs.items():
+        step_dim = next(x for x in d.dims if x.endswith("step"))
+        steps = common_steps(ds, step_dim)
+        if len(steps) == 0:
+            parts.append((f"{name}: {NOT_MEASURED} at a step every width reached", None))
+            continue
+        last, step = d.sel({step_dim: steps[-1]}), int(steps[-1])
+        pairs = [str(p) for p in last.width_pair.values]
+        layer_dims = [x for x in last.dims if x != "width"]
+        if not layer_dims:
+            parts.append((successive_sentence(name, pairs, last.values, tol), step))
+            continue
+        ld = layer_dims[0]
+        names = last[ld].values if ld in last.coords else range(1, last.sizes[ld] + 1)
+        for i, layer in enumerate(names):
+            said = successive_sentence(f"{name} {layer}", pairs, last.isel({ld: i}).values, tol)
+            parts.append((said, step))
+    at = {t for _, t in parts if t is not None}
+    if len(at) == 1:  # one step for all: say it once
+        return (
+            f"At step {at.pop()} (the last every width reached): "
+            + "; ".join(p for p, _ in parts)
+            + "."
+        )
+    return "; ".join(p if t is None else f"{p} at step {t}" for p, t in parts) + "."
+
+
 def bias_variance_section(ds: xr.Dataset) -> Section | None:
     target = target_of(ds)
     if not has(ds, "test_logits") or target is None or ds.sizes["seed"] < 2:
         return None
-    curves = wa.bias_variance(ds.test_logits, target)
-    final = curves.isel(test_step=-1)
-    sizes = wa.ensemble_size_curve(ds.test_logits.isel(test_step=-1), target)
+    common = common_steps(ds, "test_step")  # the final comparison: a step every width reached
+    if len(common) == 0:
+        return None
+    step = int(common[-1])
+    curves = wa.bias_variance(ds.test_logits, target).where(reached(ds, "test_step"))
+    final = curves.sel(test_step=step)
+    sizes = wa.ensemble_size_curve(ds.test_logits.sel(test_step=step), target)
     fig = fig_fits.bias_variance(final, curves, sizes, loss_name=loss_label(ds))
-    step = int(ds.test_step.values[-1])
     sec = Section(
         id="bias_variance",
         title="Bias and variance over initialization",
         paper="Fig. 7, Fig. 18",
         text="Loss of single networks vs the loss of the seed-averaged logits (ensemble). "
         "The variance gap is what ensembling removes; the bias gap is the ensemble's excess "
-        f"loss over the widest width's ensemble (step {step}). Right: loss of ensembles of k "
-        "seeds (is the number of seeds enough?).",
+        f"loss over the widest width's ensemble (step {step}). Also: "
+        + (
+            "variance and bias against width with the reference slopes n^−1/2 and n^−1 "
+            "(dashed grey), and "
+            if int((final["variance"] > 0).sum()) >= 2  # as fig_fits.bias_variance draws it
+            else ""
+        )
+        + "the loss of ensembles of k seeds (is the number of seeds enough?). "
+        + _variance_summary(ds.test_logits.sel(test_step=step), final),
         panels=[
             Panel(
                 "bias_variance",
                 fig,
-                f"{ds.sizes['seed']} seeds per width; diverged members left out.",
+                f"{ds.sizes['seed']} seeds per width; diverged members left out."
+                + (
+                    f" Partial study: step {step} is the last test step every width "
+                    "reached; widths are NaN at the steps they did not reach."
+                    if is_partial(ds)
+                    else ""
+                ),
             )
         ],
     )
     sec.tables["bias_variance"] = tidy(curves)
     sec.tables["ensemble_size"] = tidy(sizes)
     return sec
+
+
+VARIANCE_SLOPE = -1.0
+"""Paper Section 3: the variance over initialization falls like 1/n."""
+
+
+def _variance_summary(logits: xr.DataArray, final: xr.Dataset) -> str:
+    """The variance over seeds per width (``bias_variance.csv`` at the final step) and
+    its log-log slope in width with a seed-bootstrap interval, against n^-1."""
+    slope = wa.width_slope(
+        logits, quantity="variance", over=("point", "output"), expected=VARIANCE_SLOPE
+    )
+    step = int(final.test_step) if "test_step" in final.coords else None
+    at = f" at step {step}" if step is not None else ""
+    return (
+        limit_sentence(
+            f"Variance over seeds{at}",
+            final.width.values.tolist(),
+            final["variance"].values,
+            float(slope.estimate),
+            float(slope.lo),
+            float(slope.hi),
+            expected=VARIANCE_SLOPE,
+            tol=float(slope.attrs.get("tolerance", 0.25)),
+        )
+        + "; the paper's Section 3 predicts variance ∝ 1/n."
+    )
 
 
 def power_law_section(ds: xr.Dataset) -> Section | None:
@@ -332,11 +595,19 @@ def power_law_section(ds: xr.Dataset) -> Section | None:
     grid = np.geomspace(widths.min(), widths.max() * 2, 64)
     fits, tables = {}, {}
     data = []
-    if has(ds, "test_loss"):
-        data.append(("test loss, final step", "test_loss_final", ds.test_loss.isel(test_step=-1)))
-    if has(ds, "train_loss"):
-        tail = ds.train_loss.isel(step=slice(-FINAL_WINDOW, None)).mean("step", skipna=False)
-        data.append((f"train loss, last {FINAL_WINDOW} steps", "train_loss_final", tail))
+    partial = is_partial(ds)
+    test_steps = common_steps(ds, "test_step") if has(ds, "test_loss") else []
+    if len(test_steps):
+        last = int(test_steps[-1])
+        title = f"test loss, step {last}" if partial else "test loss, final step"
+        data.append((title, "test_loss_final", ds.test_loss.sel(test_step=last)))
+    train_steps = common_steps(ds, "step") if has(ds, "train_loss") else []
+    if len(train_steps):  # the last FINAL_WINDOW steps every width reached
+        tail = ds.train_loss.sel(step=train_steps[-FINAL_WINDOW:]).mean("step", skipna=False)
+        what = f"up to step {int(train_steps[-1])}" if partial else "steps"
+        data.append((f"train loss, last {FINAL_WINDOW} {what}", "train_loss_final", tail))
+    if not data:
+        return None
     for title, key, da in data:
         fit = wa.power_law_fit(da)
         curve = wa.power_law_curve(fit, grid)
@@ -346,7 +617,7 @@ def power_law_section(ds: xr.Dataset) -> Section | None:
         tables[f"power_law_{key}_curve"] = tidy(curve)
     limit = None
     if has(ds, "test_loss"):
-        limit = wa.limit_curve(ds.test_loss)
+        limit = wa.limit_curve(ds.test_loss.where(reached(ds, "test_step")))
         tables["limit_curve_test_loss"] = tidy(limit)
     fig = fig_fits.power_law(
         fits, limit, ds.test_loss if limit is not None else None, loss_name=loss_label(ds)
@@ -357,10 +628,28 @@ def power_law_section(ds: xr.Dataset) -> Section | None:
         paper="Fig. 9",
         text="L(n) = a·n^(−b) + c fitted to the seed-mean loss (a, c ≥ 0), with 95 % "
         "bootstrap intervals over seeds; c is the extrapolated infinite-width loss. Right: "
-        "c fitted at every step — the infinite-width limit curve with its interval.",
+        "c fitted at every step — the infinite-width limit curve with its interval. Fits: "
+        + "; ".join(fit_sentence(title, fit) for title, (_, fit, _) in fits.items())
+        + ".",
         panels=[Panel("power_law", fig, "Points: seed mean and range; grey band: interval of c.")],
         tables=tables,
     )
+
+
+def fit_sentence(title: str, fit: xr.Dataset) -> str:
+    """'test loss, final step: b = 0.81 [0.52, 1.2], c = 0.0021 [0, 0.0032], R² = 0.99'
+    (the numbers of ``power_law_*_fit.csv``); "not measured" for a fit that failed, and
+    "b not identified (a = 0)" when the fit is flat."""
+    b, c, r2 = (float(fit[k]) for k in ("b", "c", "r2"))
+    if not (np.isfinite(c) and np.isfinite(r2)):
+        return f"{title}: fit {NOT_MEASURED} (fewer than 3 finite widths)"
+
+    def ci(k: str) -> str:
+        lo, hi = (float(v) for v in fit[f"{k}_ci"].values)
+        return f" [{fmt(lo)}, {fmt(hi)}]" if np.isfinite(lo) and np.isfinite(hi) else ""
+
+    bt = f"b = {fmt(b)}{ci('b')}" if np.isfinite(b) else "b not identified (a = 0: flat in width)"
+    return f"{title}: {bt}, c = {fmt(c)}{ci('c')}, R² = {r2:.3f}"
 
 
 def _fit_table(fit: xr.Dataset):

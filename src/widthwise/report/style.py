@@ -169,3 +169,66 @@ def positive(values: np.ndarray) -> np.ndarray:
     """``values`` with non-positive entries NaN (for log axes)."""
     v = np.asarray(values, dtype=np.float64)
     return np.where(v > 0, v, np.nan)
+
+
+# -- reference slopes on against-width panels ---------------------------------------------
+
+REFERENCE_SLOPES = (-0.5, -1.0)
+"""Theory's slopes in width: n^-1/2 (fluctuations of a width-n network around its
+limit, e.g. a kernel at init) and n^-1 (the variance over seeds, paper Section 3)."""
+REFERENCE_COLOR = "0.55"
+_REFERENCE_DASHES = {-0.5: (0, (5, 2.5)), -1.0: (0, (2, 2))}
+
+
+def slope_label(slope: float) -> str:
+    """'∝ n^−1/2', '∝ n^−1', '∝ n^0.75': the legend label of a reference slope."""
+    from fractions import Fraction
+
+    f = Fraction(slope).limit_denominator(8)
+    text = str(f) if abs(float(f) - slope) < 1e-9 else f"{slope:g}"
+    return "∝ n^" + text.replace("-", "−")
+
+
+def reference_slopes(
+    ax,
+    widths: Sequence[float],
+    anchor: float,
+    slopes: Sequence[float] = REFERENCE_SLOPES,
+    *,
+    keep_view: bool = True,
+) -> list:
+    """Dashed grey power laws y = anchor · (n / n_min)^slope over the widths' range.
+
+    Anchored at the narrowest width's value (``anchor``, e.g. its seed mean), so the
+    data's own slope reads against theory's; drawn beneath the data (low zorder), thin,
+    and labelled for the legend (``slope_label``); each line's gid is
+    ``reference_slope_<slope>`` (also in the SVG). ``keep_view``: the data's view is
+    kept, widened only to show the shallowest line whole, so a steep reference never
+    squeezes the data. Nothing is drawn (returns ``[]``) without a positive finite
+    anchor or two positive widths. Call it after the data and before ``ax.legend()``.
+    """
+    w = np.asarray(sorted({float(v) for v in widths if np.isfinite(v) and v > 0}))
+    if len(w) < 2 or not (np.isfinite(anchor) and anchor > 0):
+        return []
+    view = ax.get_ylim() if keep_view else None  # forces the autoscale of the data
+    x = np.geomspace(w[0], w[-1], 32)
+    lines = []
+    for s in slopes:
+        (line,) = ax.plot(
+            x,
+            anchor * (x / w[0]) ** s,
+            color=REFERENCE_COLOR,
+            ls=_REFERENCE_DASHES.get(float(s), (0, (4, 2))),
+            lw=0.9,
+            zorder=1,
+            label=slope_label(float(s)),
+        )
+        line.set_gid(f"reference_slope_{float(s):g}")
+        lines.append(line)
+    if view is not None:
+        lo, hi = view
+        end = anchor * (w[-1] / w[0]) ** min(slopes, key=abs)  # the shallowest line's end
+        if ax.get_yscale() == "log" and np.isfinite(end) and end > 0:
+            lo, hi = min(lo, end / 1.3), max(hi, end * 1.3)
+        ax.set_ylim(lo, hi)
+    return lines
