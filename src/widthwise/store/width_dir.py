@@ -6,6 +6,7 @@ import io
 import json
 import os
 import re
+import shutil
 import struct
 import zipfile
 import zlib
@@ -130,9 +131,15 @@ class WidthDir:
             self._log.sync()  # everything logged so far is on disk before the checkpoint
         buf = io.BytesIO()
         torch.save(state, buf)
-        if self.checkpoint_path.exists():
-            os.replace(self.checkpoint_path, self.previous_checkpoint_path)
-        atomic_write_bytes(self.checkpoint_path, buf.getvalue())
+        if self.checkpoint_path.exists():  # keep it as the previous one; it stays in place
+            tmp = self.path / f"{TMP_PREFIX}{self.previous_checkpoint_path.name}.{os.getpid()}"
+            tmp.unlink(missing_ok=True)
+            try:
+                os.link(self.checkpoint_path, tmp)
+            except OSError:  # no hard links here: a copy
+                shutil.copyfile(self.checkpoint_path, tmp)
+            os.replace(tmp, self.previous_checkpoint_path)
+        atomic_write_bytes(self.checkpoint_path, buf.getvalue())  # never a moment without one
 
     def has_checkpoint(self) -> bool:
         """Whether a checkpoint (current or previous) exists to resume from."""
