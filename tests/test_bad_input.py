@@ -208,8 +208,11 @@ def test_tolerated_per_width_damage_is_shown_not_fatal(
     (study / "width_00032" / "arrays" / "test" / "coords.json").write_text("[1]")
     assert main(["show", str(study)]) == 0
     out = capsys.readouterr().out
-    assert "16 │ unknown" in out and "32 │ done" in out
+    assert "16 │ unknown" in out and "32 │ damaged" in out  # its lines are gone: not done
+    assert "width 32: damaged: 25 records missing in scalars.jsonl" in out
     ds = widthwise.open_study(study)
+    assert ds.status.values.tolist() == ["unknown", "damaged"]
+    assert ds.missing_records.sel(width=32).values.tolist() == [20, 5]
     assert ds.attrs["skipped_records"] == 1
     assert np.isnan(ds.train_loss.sel(width=32).values).all()  # none of it is invented
     assert np.isfinite(ds.train_loss.sel(width=16).values).all()

@@ -222,6 +222,58 @@ def test_unreachable_ray_address_is_one_line_in_seconds_and_writes_nothing(
     assert not out.exists()
 
 
+@pytest.mark.parametrize("scheme", ["ray://", ""], ids=["client", "gcs"])
+def test_ray_address_that_is_not_a_ray_head_is_one_line_and_writes_nothing(
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    scheme: str,
+) -> None:
+    """A port that accepts connections but never answers as a Ray head (ray.init would
+    retry for minutes, printing ~20 lines of its own log): one line, in seconds."""
+    pytest.importorskip("ray")
+    import socket
+    import time
+
+    import widthwise.executors.ray_tasks as ray_tasks
+
+    monkeypatch.setattr(ray_tasks, "PREFLIGHT_TIMEOUT_S", 0.5)
+    out = tmp_path / "study"
+    spec_path = write_spec(tmp_path / "tiny.yaml", tiny_spec_dict(out))
+    with socket.socket() as silent:  # accepts (the kernel's backlog), never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        address = f"{scheme}127.0.0.1:{silent.getsockname()[1]}"
+        start = time.monotonic()
+        code = main(["run", str(spec_path), "--executor", "ray", "--address", address, "--quiet"])
+        took = time.monotonic() - start
+    assert code == 2
+    err = capfd.readouterr().err.strip().splitlines()  # fd 2 too: Ray's C++ core writes there
+    assert err == [
+        f"error: executor.options.address: cannot reach the Ray head at {address!r} (no answer "
+        "within 0.5 s: not a Ray head); check the address, or omit it for a local instance"
+    ]
+    assert took < 10, took
+    assert not out.exists()
+
+
+def test_ray_auto_without_a_cluster_is_one_line_and_writes_nothing(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("ray")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "ray"))  # no instance of this machine's
+    out = tmp_path / "study"
+    spec_path = write_spec(tmp_path / "tiny.yaml", tiny_spec_dict(out))
+    argv = ["run", str(spec_path), "--executor", "ray", "--address", "auto", "--quiet"]
+    assert main(argv) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        "error: executor.options.address: 'auto' finds no Ray cluster ("
+    ), err
+    assert not out.exists()
+
+
 # -- errors and options ------------------------------------------------------------
 
 

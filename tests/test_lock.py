@@ -138,9 +138,12 @@ def test_second_concurrent_run_is_refused(
         assert main(["run", str(spec_path), "--quiet"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1, err
-        # width 32 (or 64, if 32 finished meanwhile) is named with the first run's pid
-        assert err[0].startswith(f"error: {out}{os.sep}width_000"), err
-        assert f": being written by pid {first.pid} on host {socket.gethostname()}" in err[0]
+        # the study is named with the first run's pid (it holds <out>/lock while it runs)
+        assert err[0].startswith(
+            f"error: out: another widthwise run is writing {out} (pid {first.pid} on host "
+            f"{socket.gethostname()} since "
+        ), err
+        assert err[0].endswith("); wait for it or pass another --out"), err
         assert first.wait(timeout=120) == 0, first.stderr.read() if first.stderr else ""
     finally:
         if first.poll() is None:
@@ -184,3 +187,81 @@ def test_unwritable_directory_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("not a directory")
     with pytest.raises(StoreError, match=r"^out: cannot write .*file/width_00016: "):
         WidthLock(tmp_path / "file" / "width_00016").acquire()
+
+
+# -- two runs started at the same instant --------------------------------------------
+
+RACES = 3
+"""Repetitions of the simultaneous start (the children are forked, so both reach the study
+directory within microseconds of each other)."""
+
+
+def _race_child(argv: list[str], go: int, err_path: str) -> None:
+    """Body of a forked child: wait for the start signal, run the CLI, exit with its code."""
+    out = os.open(os.devnull, os.O_WRONLY)
+    err = os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(out, 1)
+    os.dup2(err, 2)
+    sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115  (pytest's capture is not fd 2)
+    sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+    os.read(go, 1)  # both children block here until the parent writes two bytes
+    code = main(argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def test_two_runs_started_at_the_same_instant(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two ``widthwise run`` on one new --out at once: one writes the study, the other
+    says in one line that it is being written (exit 2) or, had the first finished, finds
+    it done (exit 0); never a misleading "No such file or directory". The data equal a
+    single run's."""
+    import multiprocessing
+
+    from test_resume import assert_identical_results
+
+    import widthwise.store.lock as lock_module
+
+    # the loser waits for the lock 0.1 s (not 0.5 s) before it gives up: well within the
+    # time the winner holds it, so the refusal is what the race exercises
+    monkeypatch.setattr(lock_module, "_RETRY_S", 0.01)
+    spec = tiny_spec_dict(tmp_path / "unused", steps=60, checkpoint_every=20)
+    ref_path = write_spec(tmp_path / "ref.yaml", {**spec, "out": str(tmp_path / "ref")})
+    ref = widthwise.open_study(widthwise.run(ref_path))
+    ctx = multiprocessing.get_context("fork")
+    outcomes = []
+    for rep in range(RACES):
+        out = tmp_path / f"race{rep}"
+        spec_path = write_spec(tmp_path / f"race{rep}.yaml", {**spec, "out": str(out)})
+        argv = ["run", str(spec_path), "--quiet"]
+        go_read, go_write = os.pipe()
+        errs = [tmp_path / f"race{rep}.{i}.err" for i in range(2)]
+        children = [ctx.Process(target=_race_child, args=(argv, go_read, str(e))) for e in errs]
+        for child in children:
+            child.start()
+        os.write(go_write, b"go")
+        for child in children:
+            child.join(timeout=120)
+            assert child.exitcode is not None, "a run did not finish within 120 s"
+        os.close(go_read)
+        os.close(go_write)
+        codes = [c.exitcode for c in children]
+        lines = [e.read_text().strip().splitlines() for e in errs]
+        assert 0 in codes and set(codes) <= {0, 2}, (codes, lines)
+        for code, err, other in zip(codes, lines, reversed(children)):
+            if code == 2:  # the loser names the winner
+                assert err == [
+                    f"error: out: another widthwise run is writing {out} (pid {other.pid} on "
+                    f"host {socket.gethostname()} since {err[0].split(' since ')[1]}"
+                ], err
+                assert err[0].endswith("); wait for it or pass another --out"), err
+            else:
+                assert err == [], err
+        outcomes.append(tuple(sorted(codes)))
+        ds = widthwise.open_study(out)
+        assert ds.status.values.tolist() == ["done", "done"]
+        assert_identical_results(ds, ref)
+        assert not list(out.rglob(LOCK_NAME))
+    assert (0, 2) in outcomes, outcomes  # the race was run, not just two runs in a row

@@ -82,7 +82,11 @@ def test_open_study_dims_and_coords(study: tuple[Path, Path]) -> None:
         "test_step": len(TEST_STEPS),
         "point": POINTS,
         "output": 1,
+        "probe": 2,
     }
+    assert ds.probe.values.tolist() == ["train_loss", "test"]
+    assert ds.missing_records.dims == ("width", "probe")
+    assert (ds.missing_records == 0).all() and ds.damage.values.tolist() == ["", ""]
     assert ds.width.values.tolist() == WIDTHS
     assert ds.seed.values.tolist() == SEEDS
     assert ds.step.values.tolist() == list(range(STEPS))
@@ -255,7 +259,12 @@ def test_partial_npz_is_skipped(study: tuple[Path, Path], study_copy: Path) -> N
     xr.testing.assert_equal(
         ds.test_logits.where(~mask), ref.test_logits.where(~mask).astype(ds.test_logits.dtype)
     )
-    assert_same_data(ds.drop_vars("test_logits"), ref.drop_vars("test_logits"))
+    # the lost step is said, per width and probe: width 16 is damaged, not done
+    assert ds.status.values.tolist() == ["damaged", "done"]
+    assert ds.missing_records.sel(width=16).values.tolist() == [0, 1]  # train_loss, test
+    assert ds.damage.values.tolist() == ["1 record missing in arrays/test/", ""]
+    flags = ["test_logits", "status", "damage", "missing_records"]
+    assert_same_data(ds.drop_vars(flags), ref.drop_vars(flags))
 
 
 def test_open_study_refuses_non_study(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -51,6 +51,7 @@ from widthwise.progress import ProgressFn
 from widthwise.schedule import Schedule
 from widthwise.spec import StudySpec
 from widthwise.store.lock import writer_lock
+from widthwise.store.records import Damage, expected_records, width_damage
 from widthwise.store.study_dir import StudyDir
 from widthwise.store.width_dir import WidthDir
 from widthwise.streams import STREAMS, Stream
@@ -102,8 +103,9 @@ def run_job(job: WidthJob, on_step: ProgressFn | None = None) -> dict[str, Any]:
             keep_freed_memory()
         with torch_threads(job.threads):
             return _run(job, on_step)
-    except UserError as err:
-        return {"state": "error", "error": str(err), "error_type": type(err).__name__}
+    except UserError as err:  # by the name of the nearest class the engines know
+        name = next((n for n, cls in ERROR_TYPES.items() if isinstance(err, cls)), "UserError")
+        return {"state": "error", "error": str(err), "error_type": name}
 
 
 def raise_if_error(result: dict[str, Any]) -> dict[str, Any]:
@@ -123,8 +125,10 @@ def _run(job: WidthJob, on_step: ProgressFn | None) -> dict[str, Any]:
             f"{manifest['spec_hash']} != {spec.hash()}); this job is stale"
         )
     width_dir = study.width_dir(job.width)
+    n_seeds = len(spec.seed_list)
     status = width_dir.read_status()
-    if status.get("state") == "done":  # before locking: a finished width is not touched
+    damage = _done_damage(width_dir, status, n_seeds)
+    if status.get("state") == "done" and not damage:  # before locking: nothing is touched
         return status
     device = resolve_device(job.device)
     check_precision(spec, device)
@@ -133,15 +137,40 @@ def _run(job: WidthJob, on_step: ProgressFn | None) -> dict[str, Any]:
         deterministic_mode(spec.deterministic, device),
         narrow_width_guard(job.width, device),  # probes too: a oneDNN bug at widths < 8
     ):
-        status = width_dir.read_status()
-        if status.get("state") == "done":  # finished by another writer meanwhile
-            return status
+        again = width_dir.read_status()
+        if again != status:  # written by another writer meanwhile
+            status, damage = again, _done_damage(width_dir, again, n_seeds)
+            if status.get("state") == "done" and not damage:
+                return status
+        notes = []
+        if damage:  # done, but something it logged is missing or damaged: repair it
+            notes.append(f"done, but {damage.describe()}")
+        problem = width_dir.status_problem()
+        if problem not in ("", "missing") and width_dir.has_checkpoint():
+            notes.append(f"status.json {problem}")  # resumed from the checkpoint below
         stream = build_stream(spec)
         _check_stream(stream, manifest, study.path)
-        trainer, wall_before, notes = _restore(spec, job.width, stream, device, width_dir)
+        trainer, wall_before, logged, restored = _restore(
+            spec, job.width, stream, device, width_dir
+        )
+        if notes and not restored:  # nothing before the checkpoint is missing
+            restored = [f"recomputing from step {trainer.step}"]
+        notes += restored
         if notes:  # a recovery is never silent: one line says what happened
             print(f"widthwise: width {job.width}: " + "; ".join(notes), file=sys.stderr)
+        if trainer.step > 0 and isinstance(logged, dict):  # what was written before it
+            for probe, kinds in logged.items():
+                if isinstance(kinds, list):
+                    width_dir.kinds.setdefault(str(probe), set()).update(map(str, kinds))
         return _train(trainer, width_dir, on_step, wall_before)
+
+
+def _done_damage(width_dir: WidthDir, status: dict[str, Any], n_seeds: int) -> Damage | None:
+    """What a done width's status says it logged but is not on disk intact (None: not
+    done, or a status that does not say; a false Damage: intact)."""
+    if status.get("state") != "done":
+        return None
+    return width_damage(width_dir.path, n_seeds, status)
 
 
 def _train(
@@ -161,13 +190,14 @@ def _train(
     except OSError as err:
         width_dir.close()
         raise StoreError(f"out: cannot write {width_dir.path}: {err.strerror or err}") from None
+    width_dir.checkpoint_step = resumed_at  # everything before it is on disk (checked)
     try:
-        width_dir.write_status(**_status(trainer, "running", clock()))
+        width_dir.write_status(**_status(trainer, width_dir, "running", clock()))
         while trainer.step < spec.steps:
             t = trainer.step
             if t != resumed_at and t % spec.checkpoint_every == 0:
                 width_dir.save_checkpoint(_checkpoint(trainer, width_dir, clock()))
-                width_dir.write_status(**_status(trainer, "running", clock()))
+                width_dir.write_status(**_status(trainer, width_dir, "running", clock()))
             context = _context(trainer, t, probe_x, probe_y)
             _run_probes(width_dir, probes, context, after_update=False)  # the network at t
             losses = trainer.train_step()  # update t: (seed,) loss before it
@@ -180,7 +210,7 @@ def _train(
             width_dir, probes, _context(trainer, spec.steps, probe_x, probe_y), after_update=False
         )
         width_dir.save_checkpoint(_checkpoint(trainer, width_dir, clock()))
-        final = _status(trainer, "done", clock())
+        final = _status(trainer, width_dir, "done", clock())
         width_dir.write_status(**final)
         return final
     except BaseException as err:
@@ -260,17 +290,28 @@ class _Clock:
 def _checkpoint(trainer: EnsembleTrainer, width_dir: WidthDir, wall_time: float) -> dict[str, Any]:
     return {
         **trainer.state_dict(),
+        "width": trainer.width,
         "wall_time": wall_time,
         "widthwise_version": __version__,
         "logged": {p: sorted(k) for p, k in sorted(width_dir.kinds.items())},
     }
 
 
-def _status(trainer: EnsembleTrainer, state: str, wall_time: float, **extra: Any) -> dict[str, Any]:
+def _status(
+    trainer: EnsembleTrainer, width_dir: WidthDir, state: str, wall_time: float, **extra: Any
+) -> dict[str, Any]:
+    """The width's ``status.json``: where it stands and what it has logged (``records``:
+    per probe and kind, the records at the steps before ``checkpoint_step``, or at every
+    step once done), so readers can tell a complete width from a damaged one."""
+    before = None if state == "done" else width_dir.checkpoint_step or 0
+    schedules = {p.name: p.steps for p in _scheduled_probes(trainer.spec)}
     return {
         "state": state,
+        "width": trainer.width,
         "step": trainer.step,
         "steps": trainer.spec.steps,
+        "checkpoint_step": trainer.spec.steps if before is None else before,
+        "records": expected_records(schedules, width_dir.kinds, before),
         "wall_time": wall_time,
         "diverged_step": trainer.diverged_step.tolist(),
         "strategy": trainer.ensemble.strategy,
@@ -297,8 +338,9 @@ def _check_stream(stream: Stream, manifest: dict[str, Any], study_path: Path) ->
 
 def _restore(
     spec: StudySpec, width: int, stream: Stream, device: torch.device, width_dir: WidthDir
-) -> tuple[EnsembleTrainer, float, list[str]]:
-    """A trainer restored from the newest good checkpoint: (trainer, wall time, notes).
+) -> tuple[EnsembleTrainer, float, Any, list[str]]:
+    """A trainer restored from the newest good checkpoint: (trainer, wall time, what the
+    checkpoint says was logged before it, notes).
 
     Read-only. A damaged or unusable ``checkpoint.pt`` falls back to
     ``checkpoint.prev.pt``, and where neither can be used, or the data logged before
@@ -324,12 +366,12 @@ def _restore(
         if hole is None:
             if notes:
                 notes.append(f"resumed from {path.name} at step {trainer.step}")
-            return trainer, wall, notes
+            return trainer, wall, state.get("logged"), notes
         notes.append(f"{hole}; the checkpoint at step {trainer.step} cannot be resumed")
         break  # an older checkpoint has the same hole: recompute from the start
     if notes:
         notes.append("restarting this width from step 0 (the results will be recomputed)")
-    return EnsembleTrainer(spec, width, stream, device), 0.0, notes
+    return EnsembleTrainer(spec, width, stream, device), 0.0, None, notes
 
 
 def _load_state(trainer: EnsembleTrainer, state: dict[str, Any], path: Path) -> float:
@@ -353,6 +395,12 @@ def _load_state(trainer: EnsembleTrainer, state: dict[str, Any], path: Path) -> 
             f"{path}: not a checkpoint of width {trainer.width} of this "
             f"study ({type(err).__name__}: {_one_line(err, 80)}); delete it to restart this width"
         ) from None
+    owner = state.get("width")
+    if owner is not None and owner != trainer.width:  # a checkpoint copied from another width
+        raise StoreError(
+            f"{path}: not a checkpoint of width {trainer.width} (it is width {owner!r}'s); "
+            "delete it to restart"
+        )
     if not 0 <= trainer.step <= trainer.spec.steps:
         raise StoreError(
             f"{path}: step {trainer.step} is outside this study's "
@@ -375,7 +423,7 @@ def _hole(width_dir: WidthDir, spec: StudySpec, step: int, logged: Any) -> str |
     """
     if step == 0:
         return None
-    on_disk = width_dir.logged_steps()
+    on_disk = width_dir.logged_steps(len(spec.seed_list))  # read as open_study reads them
     missing = []
     for p in _scheduled_probes(spec):
         kinds = set(logged.get(p.name, [])) if isinstance(logged, dict) else {"scalars"}
@@ -388,6 +436,8 @@ def _hole(width_dir: WidthDir, spec: StudySpec, step: int, logged: Any) -> str |
             if lost:
                 where = "scalars.jsonl" if kind == "scalars" else f"arrays/{p.name}/"
                 missing.append(f"{p.name} steps {_steps_text(lost)} ({where})")
+        if "coords" in kinds and not on_disk.get(p.name, {}).get("coords"):
+            missing.append(f"{p.name} coordinates (arrays/{p.name}/coords.json)")
     return (
         "logged data before the checkpoint is damaged or missing: " + ", ".join(missing)
         if missing
@@ -458,7 +508,9 @@ def _failed(
         reason = f"{type(err).__name__}: {err}"
     state = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
     with contextlib.suppress(OSError):
-        width_dir.write_status(**_status(trainer, state, wall_time, error=_one_line(reason)))
+        width_dir.write_status(
+            **_status(trainer, width_dir, state, wall_time, error=_one_line(reason))
+        )
     return out
 
 

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+import os
 import socket
-from collections.abc import Callable
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
@@ -55,6 +61,94 @@ class RayOptions(RemoteOptions):
 PREFLIGHT_TIMEOUT_S = 5.0
 RAY_CLIENT_PORT = 10001
 GCS_PORT = 6379
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+"""An HTTP/2 client preface and an empty SETTINGS frame: a gRPC server (Ray's GCS and its
+client server both are) answers with a SETTINGS frame of its own."""
+SETTINGS_FRAME = 0x04
+
+
+def grpc_problem(host: str, port: int, timeout: float | None = None) -> str:
+    """Why ``host:port`` is not a gRPC server (``""`` when it answers like one): refused,
+    unreachable, silent within ``timeout`` (default :data:`PREFLIGHT_TIMEOUT_S`), or
+    answering something else. Takes at most about twice ``timeout``, where ``ray.init``
+    would retry for minutes."""
+    timeout = PREFLIGHT_TIMEOUT_S if timeout is None else timeout
+    try:
+        conn = socket.create_connection((host, port), timeout=timeout)
+    except OSError as err:
+        return err.strerror or str(err) or type(err).__name__
+    with conn:
+        try:
+            conn.settimeout(timeout)
+            conn.sendall(HTTP2_PREFACE)
+            head = b""
+            while len(head) < 9:
+                chunk = conn.recv(9 - len(head))
+                if not chunk:
+                    break
+                head += chunk
+        except TimeoutError:
+            return f"no answer within {timeout:g} s: not a Ray head"
+        except OSError as err:
+            return err.strerror or str(err) or type(err).__name__
+    if len(head) < 9 or head[3] != SETTINGS_FRAME:
+        return "it answers, but not as a Ray head (no gRPC)"
+    return ""
+
+
+def _auto_address() -> str | None:
+    """The address ``address: auto`` resolves to (``RAY_ADDRESS``, or the Ray instance
+    started on this machine); a one-line UserError when there is none."""
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+    except ImportError:  # another Ray version: let ray.init resolve it
+        return None
+    try:
+        with _quiet():
+            return canonicalize_bootstrap_address("auto")
+    except ConnectionError as err:
+        first = str(err).strip().split(". ")[0]
+        raise UserError(
+            f"executor.options.address: 'auto' finds no Ray cluster ({first}); start one "
+            "(ray start --head) or omit the address for a local instance"
+        ) from None
+    except Exception:  # noqa: BLE001  (a private API: any surprise leaves it to ray.init)
+        return None
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[list[str]]:
+    """Ray's own log output (Python logging, warnings, and what its C++ core writes to
+    file descriptor 2) goes to a buffer during the block: a failed connection is our one
+    line, not Ray's retries. The captured lines are yielded for the caller to replay
+    when the block succeeds."""
+    captured: list[str] = []
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no file descriptor 2 (embedded): Python-level silence only
+        saved = None
+    with (
+        tempfile.TemporaryFile() as buf,
+        warnings.catch_warnings(),
+        contextlib.redirect_stderr(open(os.devnull, "w")),  # noqa: SIM115  (closed below)
+    ):
+        warnings.simplefilter("ignore")
+        ray_logger = logging.getLogger("ray")
+        level = ray_logger.level
+        ray_logger.setLevel(logging.ERROR)
+        if saved is not None:
+            os.dup2(buf.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            if saved is not None:
+                os.dup2(saved, 2)
+                os.close(saved)
+            ray_logger.setLevel(level)
+            sys.stderr.close()
+            buf.seek(0)
+            captured += buf.read().decode(errors="replace").splitlines()
 
 
 def _head_hostport(address: str) -> tuple[str, int] | None:
@@ -95,20 +189,24 @@ class RayExecutor(WidthExecutor):
 
     @classmethod
     def preflight(cls, options: BaseModel | None) -> None:
-        """An ``address`` whose head cannot be reached fails in seconds, before anything is
-        written (``ray.init`` would wait for its own connection timeout, minutes)."""
+        """An ``address`` whose head cannot be reached, or that does not answer like a Ray
+        head (gRPC), fails in seconds with one line, before anything is written
+        (``ray.init`` would retry for minutes, printing its own log lines);
+        ``address: auto`` without a cluster to find likewise."""
         address = getattr(options, "address", None)
+        if address == "auto":
+            address = _auto_address() or address
         hostport = _head_hostport(address) if address else None
         if hostport is None:
             return
-        host, port = hostport
-        try:
-            socket.create_connection((host, port), timeout=PREFLIGHT_TIMEOUT_S).close()
-        except OSError as err:
+        problem = grpc_problem(*hostport)
+        if problem:
+            shown = getattr(options, "address", None)
+            resolved = f" (resolved to {address})" if address != shown else ""
             raise UserError(
-                f"executor.options.address: cannot reach the Ray head at {address!r} "
-                f"({err.strerror or err}); check the address, or omit it for a local instance"
-            ) from None
+                f"executor.options.address: cannot reach the Ray head at {shown!r}{resolved} "
+                f"({problem}); check the address, or omit it for a local instance"
+            )
 
     def threads_per_run(self) -> int:
         opts: RayOptions = self.options  # type: ignore[assignment]
@@ -135,13 +233,16 @@ class RayExecutor(WidthExecutor):
             kwargs["runtime_env"] = dict(opts.runtime_env)
         if opts.address:
             try:
-                ray.init(address=opts.address, **kwargs)
-            except (ConnectionError, ValueError, RuntimeError) as err:
+                with _quiet() as captured:  # Ray's retries are not the user's to read
+                    ray.init(address=opts.address, logging_level=logging.WARNING, **kwargs)
+            except (ConnectionError, ValueError, RuntimeError, TimeoutError) as err:
                 first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
                 raise UserError(
                     f"executor.options.address: cannot join the Ray cluster at "
                     f"{opts.address!r}: {first}"
                 ) from None
+            for line in captured:  # connected: what Ray said is worth seeing
+                print(line, file=sys.stderr)
         else:
             ray.init(num_cpus=opts.num_cpus, include_dashboard=False, **kwargs)
         self._started = True

@@ -1,8 +1,14 @@
-"""Crash-safe file primitives: atomic replace and fsync'd line appends.
+"""Crash-safe file primitives: atomic replace, fsync'd line appends, and checksums.
 
 A failed write (disk full, read-only directory) raises ``OSError`` and leaves what was
 on disk before: the temporary file of an atomic write is removed, a torn line of the
 line log is skipped by :func:`read_lines`.
+
+Every line of a :class:`LineLog` and every JSON document written with
+``checksum=True`` carries the CRC-32 of its own content (key :data:`CHECKSUM_KEY`), so
+a flipped bit that still parses (a digit changed into another digit) is detected on
+read instead of becoming a wrong number. Records and documents without the key
+(written by earlier versions) are read as they are.
 """
 
 from __future__ import annotations
@@ -12,12 +18,55 @@ import io
 import json
 import os
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 TMP_PREFIX = ".tmp-"
+
+CHECKSUM_KEY = "crc32"
+"""Key of the CRC-32 a checksummed record or JSON document carries of the rest of itself."""
+
+
+class ChecksumError(ValueError):
+    """A record or document whose content does not match its own CRC-32."""
+
+
+def content_crc(obj: dict[str, Any]) -> int:
+    """CRC-32 of a mapping's canonical JSON (sorted keys, no spaces); floats round-trip
+    exactly through JSON, so a record read back gives the CRC it was written with."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return zlib.crc32(blob.encode())
+
+
+def with_checksum(obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` plus its :func:`content_crc` under :data:`CHECKSUM_KEY` (last)."""
+    body = {k: v for k, v in obj.items() if k != CHECKSUM_KEY}
+    return {**body, CHECKSUM_KEY: content_crc(body)}
+
+
+def verify_checksum(obj: Any) -> Any:
+    """``obj`` without its checksum key; :class:`ChecksumError` if the CRC does not match.
+    Objects without the key (and non-mappings) are returned as they are."""
+    if not isinstance(obj, dict) or CHECKSUM_KEY not in obj:
+        return obj
+    body = {k: v for k, v in obj.items() if k != CHECKSUM_KEY}
+    if obj[CHECKSUM_KEY] != content_crc(body):
+        raise ChecksumError("checksum mismatch")
+    return body
+
+
+def read_json(path: Path) -> Any:
+    """A JSON document, its checksum verified (``OSError``, ``ValueError`` — including
+    :class:`ChecksumError` — when it cannot be read or does not match)."""
+    return verify_checksum(json.loads(Path(path).read_bytes()))
+
+
+def encode_line(record: dict[str, Any]) -> bytes:
+    """One :class:`LineLog` line: the record with its checksum, compact, newline-terminated."""
+    return (json.dumps(with_checksum(record), separators=(",", ":")) + "\n").encode()
 
 
 def fsync_dir(path: Path) -> None:
@@ -49,8 +98,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """:func:`atomic_write_bytes` of ``obj`` as indented, key-sorted JSON."""
+def atomic_write_json(path: Path, obj: Any, *, checksum: bool = False) -> None:
+    """:func:`atomic_write_bytes` of ``obj`` as indented, key-sorted JSON; ``checksum``:
+    with its CRC-32 under :data:`CHECKSUM_KEY` (read it back with :func:`read_json`)."""
+    if checksum:
+        obj = with_checksum(obj)
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
@@ -64,7 +116,7 @@ def atomic_write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 class LineLog:
     """An append-only file of JSON lines.
 
-    Each record is written and flushed at once; ``fsync`` runs at most every
+    Each record is written with its CRC-32 (:func:`encode_line`) and flushed at once; ``fsync`` runs at most every
     ``sync_every`` seconds and on :meth:`sync` (the trainer syncs before every
     checkpoint, so nothing a checkpoint depends on can be lost). A crash can leave
     a torn last line: :func:`read_lines` skips it.
@@ -77,7 +129,7 @@ class LineLog:
         self._last_sync = time.monotonic()
 
     def append(self, record: dict[str, Any]) -> None:
-        self._f.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self._f.write(encode_line(record).decode())
         self._f.flush()
         if time.monotonic() - self._last_sync > self.sync_every:
             self.sync()
@@ -102,7 +154,8 @@ class LineLog:
 
 
 def read_lines(path: Path) -> tuple[list[dict[str, Any]], int]:
-    """Records of a :class:`LineLog` and how many torn or corrupt lines were skipped."""
+    """Records of a :class:`LineLog` (checksums verified and removed) and how many torn,
+    corrupt or checksum-failing lines were skipped."""
     if not path.exists():
         return [], 0
     records, bad = [], 0
@@ -112,8 +165,8 @@ def read_lines(path: Path) -> tuple[list[dict[str, Any]], int]:
                 bad += 1  # torn last line of a crashed writer
                 continue
             try:
-                rec = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError):
+                rec = verify_checksum(json.loads(raw))
+            except ValueError:  # bad JSON, bad UTF-8, checksum mismatch
                 bad += 1
                 continue
             if isinstance(rec, dict):
@@ -125,7 +178,8 @@ def read_lines(path: Path) -> tuple[list[dict[str, Any]], int]:
 
 def read_tail_lines(path: Path, tail_bytes: int = 16384) -> list[dict[str, Any]]:
     """The complete, parseable records among the last ``tail_bytes`` of a :class:`LineLog`
-    (oldest first; torn and corrupt lines skipped; ``[]`` if the file is missing)."""
+    (oldest first; torn, corrupt and checksum-failing lines skipped; ``[]`` if the file
+    is missing)."""
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
@@ -139,7 +193,7 @@ def read_tail_lines(path: Path, tail_bytes: int = 16384) -> list[dict[str, Any]]
     out = []
     for raw in lines:
         try:
-            rec = json.loads(raw)
+            rec = verify_checksum(json.loads(raw))
         except ValueError:
             continue
         if isinstance(rec, dict):

@@ -36,6 +36,14 @@ _RETRIES = 10
 _RETRY_S = 0.05  # a reader's probe (lock_holder) holds the lock for microseconds
 
 
+class LockBusy(StoreError):
+    """The lock is held by another live writer (``holder``: its pid, host, since when)."""
+
+    def __init__(self, message: str, holder: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
 def busy_message(width_dir: str | os.PathLike[str], holder: dict[str, Any]) -> str:
     """The one-line refusal naming a width directory's live writer."""
     return (
@@ -131,7 +139,7 @@ class WidthLock:
             self._fd = fd
             self._write_info()
             return self
-        raise StoreError(busy_message(self.dir, holder))
+        raise LockBusy(busy_message(self.dir, holder), holder)
 
     def _same_file(self, fd: int) -> bool:
         try:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import zipfile
-from collections import Counter
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -26,8 +24,11 @@ from widthwise.dataset_schema import (
 )
 from widthwise.errors import StoreError, UserError
 from widthwise.probes import PROBES
+from widthwise.store.records import WidthRecords, load_width, status_values
 from widthwise.store.study_dir import StudyDir
 from widthwise.summary import width_state
+
+__all__ = ["open_study", "status_values", "study_layout", "training_loss_of"]
 
 STUDY = declare(
     Schema(
@@ -39,6 +40,7 @@ STUDY = declare(
             Dim("point", "a point of the fixed probe (test) set", "0 … probe_points−1"),
             Dim("position", "position in a sequence (sequence models)"),
             Dim("output", "output unit (1 for scalar regression, C for C classes)", "0 … C−1"),
+            Dim("probe", "a probe of the spec (`missing_records`)", "probe names"),
         ),
         (
             Var(
@@ -70,8 +72,25 @@ STUDY = declare(
                 "state of the width's run, the word `widthwise show` prints "
                 "(`widthwise.summary.width_state`): `done`; `running` (a live process holds "
                 "the writer lock); `interrupted` (stopped without a live writer, e.g. killed: "
-                "`widthwise run` resumes it); `failed` (its status.json says why); `unknown` "
-                "(status.json missing or unreadable)",
+                "`widthwise run` resumes it); `failed` (its status.json says why); `damaged` "
+                "(records its status.json says were logged are missing or damaged on disk: "
+                "`damage` says which, `widthwise run` recomputes them); `unknown` "
+                "(status.json missing, unreadable, failing its checksum or another width's)",
+            ),
+            Var(
+                "missing_records",
+                ("width", "probe"),
+                "records",
+                "records of the probe that the width's status.json says were logged but that "
+                "are missing or damaged on disk (scalar lines, array files and coords.json "
+                "each count one); 0 for an intact width (and for stores older than the count)",
+            ),
+            Var(
+                "damage",
+                ("width",),
+                "",
+                "what is missing or damaged, in words (`24 records missing in "
+                "scalars.jsonl`); empty for an intact width",
             ),
             Var(
                 "step_reached",
@@ -104,70 +123,28 @@ def _step_dim(probe: str) -> str:
 
 def study_layout(study: StudyDir) -> tuple[dict[str, Any], list[int], list[int]]:
     """The manifest, its widths and its seeds, checked (one-line :class:`StoreError`)."""
-    manifest = study.read_manifest()
-    widths, seeds = manifest.get("widths"), manifest.get("seeds")
-
-    def ints(v: Any, low: int) -> bool:
-        return (
-            isinstance(v, list)
-            and bool(v)
-            and all(isinstance(i, int) and not isinstance(i, bool) and i >= low for i in v)
-            and len(set(v)) == len(v)
-        )
-
-    if not ints(widths, 1) or not ints(seeds, 0):
-        raise StoreError(
-            f"{study.manifest_path}: corrupt manifest (widths and seeds must be lists of "
-            f"distinct integers; got widths {widths!r:.60}, seeds {seeds!r:.60})"
-        )
-    return manifest, widths, seeds
+    manifest = study.read_manifest()  # widths and seeds checked, its checksum verified
+    return manifest, list(manifest["widths"]), list(manifest["seeds"])
 
 
-def status_values(status: dict[str, Any], n_seeds: int) -> tuple[str, float, list[int]]:
-    """(state, wall time, diverged step per seed) of a ``status.json`` mapping, sanitized:
-    ``unknown`` / NaN / -1 where a field is missing or malformed."""
-    state = status.get("state")
-    state = state if isinstance(state, str) and state else "unknown"
-    wall = status.get("wall_time")
-    wall = float(wall) if isinstance(wall, int | float) and not isinstance(wall, bool) else math.nan
-    div = status.get("diverged_step")
-    ok = isinstance(div, list) and len(div) == n_seeds and all(type(d) is int for d in div)
-    return state, wall, list(div) if ok else [-1] * n_seeds
-
-
-def _width_dataset(study: StudyDir, width: int, seeds: list[int]) -> tuple[xr.Dataset, int]:
-    wd = study.width_dir(width)
+def _width_dataset(records: WidthRecords, seeds: list[int]) -> xr.Dataset:
+    """One width's variables on their probes' step coordinates (``records`` checked by
+    :func:`widthwise.store.records.load_width`)."""
     data: dict[str, xr.DataArray] = {}
-    try:
-        scalars, bad = wd.read_scalars(len(seeds))
-    except OSError:  # e.g. scalars.jsonl is not a readable file: nothing from it is data
-        scalars, bad = {}, 1
-    for (probe, name), by_step in scalars.items():
+    for (probe, name), by_step in records.scalars.items():
         steps = sorted(by_step)
         values = np.array([by_step[s] for s in steps], dtype=np.float64)  # (step, seed)
         sd = _step_dim(probe)
         data[name] = xr.DataArray(values.T, dims=("seed", sd), coords={"seed": seeds, sd: steps})
-    try:
-        arrays, bad_arrays = wd.read_arrays()
-    except OSError:
-        arrays, bad_arrays = {}, 1
-    bad += bad_arrays
-    for (probe, name), (dims, by_step) in arrays.items():
-        # one shape for all steps, with a leading seed dim; a file that differs is skipped
-        shapes = Counter(a.shape for a in by_step.values() if a.shape[:1] == (len(seeds),))
-        if not shapes:
-            bad += len(by_step)
-            continue
-        shape = shapes.most_common(1)[0][0]
-        steps = sorted(s for s, a in by_step.items() if a.shape == shape)
-        bad += len(by_step) - len(steps)
+    for (probe, name), (dims, by_step) in records.arrays.items():
         sd = _step_dim(probe)
+        steps = sorted(by_step)
         stacked = np.stack([by_step[s] for s in steps], axis=1)  # (seed, step, ...)
         dims = _current(dims)
         data[name] = xr.DataArray(
             stacked, dims=(dims[0], sd, *dims[1:]), coords={"seed": seeds, sd: steps}
         )
-    return xr.Dataset(data), bad
+    return xr.Dataset(data)
 
 
 def open_study(path: str | PathLike[str]) -> xr.Dataset:
@@ -175,8 +152,12 @@ def open_study(path: str | PathLike[str]) -> xr.Dataset:
 
     Each probe has its own step coordinate (``step`` for ``train_loss``, ``test_step``
     for ``test``, ...); widths that have not reached a step hold NaN there. Torn
-    scalar lines and partial array files are skipped (and counted in
-    ``attrs["skipped_records"]``), never reported as data. Diverged members are NaN
+    scalar lines, partial array files, records failing their checksum and files of
+    another width are skipped (and counted in ``attrs["skipped_records"]``), never
+    reported as data. What a width's status says was logged but is not on disk intact
+    is counted per probe in ``missing_records`` (width, probe) and said in ``damage``
+    (width); such a width's ``status`` is ``damaged``, never ``done``. A ``spec.yaml``
+    that is not the spec the manifest's hash records is a one-line :class:`StoreError`. Diverged members are NaN
     from the step they diverged; ``diverged_step`` (width, seed) says when (-1: never).
     ``status`` (width) is the state ``widthwise show`` prints (one function decides it:
     :func:`widthwise.summary.width_state`), ``step_reached`` (width) how far each width
@@ -193,21 +174,28 @@ def open_study(path: str | PathLike[str]) -> xr.Dataset:
         raise StoreError(f"{study.path}: not a widthwise study (not a directory)")
     manifest, widths, seeds = study_layout(study)
     spec = study.read_spec_dict()
+    problem = study.stored_spec_problem(manifest, spec)
+    if problem:
+        raise StoreError(
+            f"{problem}; `widthwise run SPEC --out DIR` with the study's spec rewrites it"
+        )
     per_width, present, skipped = [], [], 0
-    statuses, walls, diverged, reached = [], [], [], []
+    statuses, walls, diverged, reached, damages, coords = [], [], [], [], [], []
     for width in widths:
         wd = study.width_dir(width)
         if not wd.path.is_dir():
             continue
-        ds, bad = _width_dataset(study, width, seeds)
-        skipped += bad
-        ws = width_state(study, width, seeds)  # the state `widthwise show` prints
-        per_width.append(ds)
+        records = load_width(wd.path, len(seeds), width)
+        skipped += records.bad
+        ws = width_state(study, width, seeds, records)  # the state `widthwise show` prints
+        per_width.append(_width_dataset(records, seeds))
         present.append(width)
         statuses.append(ws.state)
         walls.append(ws.wall_time)
         diverged.append([ws.diverged.get(s, -1) for s in seeds])
         reached.append(ws.step if ws.step is not None else -1)
+        damages.append(ws.damage)
+        coords.append(records.coords)
     if not per_width:
         raise StoreError(f"{study.path}: the study has no results yet; run it first")
     try:
@@ -229,6 +217,15 @@ def open_study(path: str | PathLike[str]) -> xr.Dataset:
     ds["step_reached"] = ("width", np.array(reached, dtype=np.int64))
     ds["wall_time"] = ("width", np.array(walls))
     ds["diverged_step"] = (("width", "seed"), np.array(diverged, dtype=np.int64))
+    probes = _probe_names(spec, damages)
+    ds["missing_records"] = (
+        ("width", "probe"),
+        np.array(
+            [[d.records(p) if d else 0 for p in probes] for d in damages], dtype=np.int64
+        ).reshape(len(present), len(probes)),
+    )
+    ds["damage"] = ("width", np.array([d.describe() if d else "" for d in damages], dtype=str))
+    ds = ds.assign_coords(probe=np.array(probes, dtype=str))
     x, y = _probe_set(study)
     if "point" in ds.dims and ds.sizes["point"] != len(x):
         raise StoreError(
@@ -260,8 +257,8 @@ def open_study(path: str | PathLike[str]) -> xr.Dataset:
         planned_widths=list(widths),
     )
     _attach_probe_coords(ds, spec)
-    for width in present:  # coordinates recorded at run time (e.g. layer names)
-        for cname, (dims, values) in study.width_dir(width).read_coords().items():
+    for recorded in coords:  # coordinates recorded at run time (e.g. layer names)
+        for cname, (dims, values) in recorded.items():
             cname, dims = _RENAMED.get(cname, cname), _current(dims)
             shape = np.shape(values)
             fits = (
@@ -278,6 +275,15 @@ def open_study(path: str | PathLike[str]) -> xr.Dataset:
         if name in ds:
             ds[name].attrs["loss"] = loss
     return ds
+
+
+def _probe_names(spec: dict[str, Any], damages: list[Any]) -> list[str]:
+    """The ``probe`` coordinate: the spec's probes, then any other a damage names."""
+    probes = spec.get("probes")
+    names = [str(p) for p in probes] if isinstance(probes, dict) else []
+    for d in damages:
+        names += [p for p in (d.missing if d else {}) if p not in names]
+    return names
 
 
 def training_loss_of(spec: dict[str, Any], y: np.ndarray) -> str:

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import re
 import shutil
-import struct
-import zipfile
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +14,14 @@ import torch
 
 from widthwise.errors import StoreError
 from widthwise.probes.base import ProbeResult
+from widthwise.store import records as rec
 from widthwise.store.files import (
     TMP_PREFIX,
     LineLog,
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_npz,
+    encode_line,
     read_lines,
     read_tail_lines,
 )
@@ -48,16 +46,24 @@ class WidthDir:
     Layout::
 
         width_00064/
-          status.json            state (running/done/failed), step, wall time, diverged
-          scalars.jsonl          {"probe", "step", "vars": {name: [per seed]}} per line
+          status.json            state (running/done/failed), step, wall time, diverged,
+                                 what was logged (``records``), its width, its CRC-32
+          scalars.jsonl          {"probe", "step", "vars": {name: [per seed]}, "width",
+                                 "crc32"} per line
           arrays/<probe>/dims.json          {var: [dim, ...]} (first dim "seed")
-          arrays/<probe>/<step:09d>.npz     one atomic file per logged step
+          arrays/<probe>/coords.json        coordinates recorded at run time
+          arrays/<probe>/<step:09d>.npz     one atomic file per logged step (+ ``_stamp``)
           checkpoint.pt          atomic, loaded with weights_only=True, CRCs verified
           checkpoint.prev.pt     the checkpoint before it (a damaged one falls back here)
+
+    ``width`` (default: read from the directory name) is stamped into what is written
+    and checked on read (:mod:`widthwise.store.records`), so a file moved from another
+    width is never read as this one's.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, width: int | None = None) -> None:
         self.path = Path(path)
+        self.width = rec.width_of_dir(self.path) if width is None else width
         self.scalars_path = self.path / "scalars.jsonl"
         self.arrays_dir = self.path / "arrays"
         self.checkpoint_path = self.path / "checkpoint.pt"
@@ -66,7 +72,11 @@ class WidthDir:
         self._log: LineLog | None = None
         self._dims_written: set[object] = set()
         self.kinds: dict[str, set[str]] = {}
-        """What each probe wrote since this object was made: "scalars" and/or "arrays"."""
+        """What each probe wrote: "scalars", "arrays", "coords" (since this object was made,
+        plus what the checkpoint a run resumed from says was written before it)."""
+        self.checkpoint_step: int | None = None
+        """Step of the last checkpoint written or resumed from: every record scheduled
+        before it is on disk."""
 
     # -- writing -------------------------------------------------------------
     def open_for_writing(self, *, resume_at: int | None = None) -> None:
@@ -110,18 +120,28 @@ class WidthDir:
                     k: {"dims": list(d), "values": np.asarray(v).tolist()}
                     for k, (d, v) in coords.items()
                 },
+                checksum=True,
             )
             self._dims_written.add((probe, "coords"))
+            self.kinds.setdefault(probe, set()).add("coords")
         if scalars:
-            self._log.append({"probe": probe, "step": step, "vars": scalars})
+            record: dict[str, Any] = {"probe": probe, "step": step, "vars": scalars}
+            if self.width is not None:
+                record["width"] = self.width
+            self._log.append(record)
             self.kinds.setdefault(probe, set()).add("scalars")
         if arrays:
             pdir = self.arrays_dir / probe
             if probe not in self._dims_written:
                 pdir.mkdir(exist_ok=True)
-                atomic_write_json(pdir / "dims.json", {k: list(d) for k, (d, _) in arrays.items()})
+                atomic_write_json(
+                    pdir / "dims.json", {k: list(d) for k, (d, _) in arrays.items()}, checksum=True
+                )
                 self._dims_written.add(probe)
-            atomic_write_npz(pdir / f"{step:09d}.npz", {k: v for k, (_, v) in arrays.items()})
+            data = {k: v for k, (_, v) in arrays.items()}
+            if self.width is not None:
+                data[rec.STAMP] = np.array([self.width, step], dtype=np.int64)
+            atomic_write_npz(pdir / f"{step:09d}.npz", data)
             self.kinds.setdefault(probe, set()).add("arrays")
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
@@ -140,6 +160,8 @@ class WidthDir:
                 shutil.copyfile(self.checkpoint_path, tmp)
             os.replace(tmp, self.previous_checkpoint_path)
         atomic_write_bytes(self.checkpoint_path, buf.getvalue())  # never a moment without one
+        step = state.get("step")
+        self.checkpoint_step = step if type(step) is int else self.checkpoint_step
 
     def has_checkpoint(self) -> bool:
         """Whether a checkpoint (current or previous) exists to resume from."""
@@ -160,7 +182,7 @@ class WidthDir:
         path = self.checkpoint_path if path is None else path
         if not path.exists():
             return None
-        damage = _zip_damage(path)
+        damage = rec.zip_damage(path)
         if damage is not None:
             raise StoreError(
                 f"{path}: damaged checkpoint ({damage}); delete it to restart this width"
@@ -179,27 +201,16 @@ class WidthDir:
             )
         return state
 
-    def logged_steps(self) -> dict[str, dict[str, set[int]]]:
+    def logged_steps(self, n_seeds: int | None = None) -> dict[str, dict[str, set[int]]]:
         """{probe: {"scalars": steps with a good scalar record, "arrays": steps with an
-        intact npz}}: what is on disk, for checking that a resume leaves no hole."""
+        intact npz of every variable, "coords": {0} if its coords.json is intact}}: what is
+        on disk, read as ``open_study`` reads it, for checking that a resume leaves no hole."""
+        found = rec.load_width(self.path, n_seeds, self.width)
         out: dict[str, dict[str, set[int]]] = {}
-        records, _ = read_lines(self.scalars_path)
-        for r in records:
-            try:
-                probe, step = str(r["probe"]), int(r["step"])
-                if not isinstance(r["vars"], dict):
-                    continue
-            except (KeyError, TypeError, ValueError):
-                continue
-            out.setdefault(probe, {"scalars": set(), "arrays": set()})["scalars"].add(step)
-        if self.arrays_dir.is_dir():
-            for pdir in self.arrays_dir.iterdir():
-                if pdir.is_symlink() or not pdir.is_dir():
-                    continue
-                steps = out.setdefault(pdir.name, {"scalars": set(), "arrays": set()})["arrays"]
-                for f in pdir.glob("*.npz"):
-                    if f.stem.isdigit() and _zip_damage(f) is None:
-                        steps.add(int(f.stem))
+        probes = {p for p, _ in found.scalars} | set(found.array_vars) | found.coord_probes
+        for p in probes:
+            out[p] = {k: found.steps(p, k) for k in ("scalars", "arrays")}
+            out[p]["coords"] = {0} if p in found.coord_probes else set()
         return out
 
     def truncate_from(self, step: int) -> None:
@@ -210,9 +221,12 @@ class WidthDir:
         if self._log is not None:
             raise RuntimeError("truncate_from: close the scalar log first")
         records, _ = read_lines(self.scalars_path)
-        kept = [r for r in records if r.get("step", 0) < step]
-        text = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in kept)
-        atomic_write_bytes(self.scalars_path, text.encode())
+        kept = [
+            r
+            for r in records
+            if (parsed := rec.parse_record(r, self.width, None)) is not None and parsed[1] < step
+        ]  # torn, corrupt and other widths' records go too
+        atomic_write_bytes(self.scalars_path, b"".join(encode_line(r) for r in kept))
         if self.arrays_dir.exists():
             for pdir in self.arrays_dir.iterdir():
                 if pdir.is_symlink() or not pdir.is_dir():
@@ -222,17 +236,21 @@ class WidthDir:
                         f.unlink()
 
     def write_status(self, **fields: Any) -> None:
-        """Atomically replace ``status.json`` with ``fields``."""
-        atomic_write_json(self.status_path, fields)
+        """Atomically replace ``status.json`` with ``fields`` (plus this width and a CRC-32)."""
+        if self.width is not None:
+            fields.setdefault("width", self.width)
+        atomic_write_json(self.status_path, fields, checksum=True)
 
     # -- reading -------------------------------------------------------------
     def read_status(self) -> dict[str, Any]:
-        """``status.json`` as a mapping; ``{}`` when missing or unreadable."""
-        try:
-            status = json.loads(self.status_path.read_text())
-        except (OSError, ValueError):  # ValueError: bad JSON or bad UTF-8
-            return {}
-        return status if isinstance(status, dict) else {}
+        """``status.json`` as a mapping; ``{}`` when missing, unreadable, failing its
+        checksum or another width's (:meth:`status_problem` says which)."""
+        return rec.read_status(self.path, self.width)[0]
+
+    def status_problem(self) -> str:
+        """What is wrong with ``status.json`` (``""``: nothing): missing, unreadable, a
+        checksum mismatch, another width's."""
+        return rec.read_status(self.path, self.width)[1]
 
     def last_scalar(
         self, probe: str, var: str, *, tail_bytes: int = 16384
@@ -242,11 +260,9 @@ class WidthDir:
         Reads only the end of the scalar log, so polling a running width is cheap.
         """
         for r in reversed(read_tail_lines(self.scalars_path, tail_bytes)):
-            try:
-                if r["probe"] == probe:
-                    return int(r["step"]), [float(v) for v in r["vars"][var]]
-            except (KeyError, TypeError, ValueError):
-                continue
+            parsed = rec.parse_record(r, self.width, None)
+            if parsed is not None and parsed[0] == probe and var in parsed[2]:
+                return parsed[1], parsed[2][var]
         return None
 
     def read_scalars(
@@ -254,97 +270,20 @@ class WidthDir:
     ) -> tuple[dict[tuple[str, str], dict[int, list[float]]], int]:
         """{(probe, var): {step: per-seed values}} and the count of skipped records.
 
-        Skipped: torn and corrupt lines, and (given ``n_seeds``) records whose value
-        lists do not hold one value per seed; a skipped record never replaces a good one.
+        Skipped: torn, corrupt and checksum-failing lines, another width's records, and
+        (given ``n_seeds``) records whose value lists do not hold one value per seed; a
+        skipped record never replaces a good one.
         """
-        records, bad = read_lines(self.scalars_path)
-        out: dict[tuple[str, str], dict[int, list[float]]] = {}
-        for r in records:
-            try:
-                probe, step, vars_ = r["probe"], int(r["step"]), r["vars"]
-                if not isinstance(probe, str) or not isinstance(vars_, dict):
-                    raise TypeError("not a scalar record")
-                parsed = {}
-                for name, values in vars_.items():
-                    if not isinstance(values, list):
-                        raise TypeError("values are not a per-seed list")
-                    if n_seeds is not None and len(values) != n_seeds:
-                        raise ValueError("not one value per seed")
-                    parsed[name] = [float(v) for v in values]
-            except (KeyError, TypeError, ValueError, AttributeError):
-                bad += 1
-                continue
-            for name, values in parsed.items():
-                out.setdefault((probe, name), {})[step] = values
-        return out, bad
+        return rec.read_scalars(self.path, self.width, n_seeds)
 
     def read_coords(self) -> dict[str, tuple[list[str], list]]:
         """Coordinates probes recorded at run time: {name: (dims, values)}."""
-        out: dict[str, tuple[list[str], list]] = {}
-        if not self.arrays_dir.exists():
-            return out
-        for f in sorted(self.arrays_dir.glob("*/coords.json")):
-            try:
-                for name, c in json.loads(f.read_text()).items():
-                    out[name] = (list(c["dims"]), list(c["values"]))
-            except (OSError, ValueError, KeyError, TypeError, AttributeError):
-                continue
-        return out
+        return rec.load_width(self.path, None, self.width).coords
 
     def read_arrays(
         self,
     ) -> tuple[dict[tuple[str, str], tuple[list[str], dict[int, np.ndarray]]], int]:
-        """{(probe, var): (dims, {step: array})} and the count of unreadable files skipped."""
-        out: dict[tuple[str, str], tuple[list[str], dict[int, np.ndarray]]] = {}
-        bad = 0
-        if not self.arrays_dir.exists():
-            return out, bad
-        for pdir in sorted(p for p in self.arrays_dir.iterdir() if p.is_dir()):
-            try:
-                dims = json.loads((pdir / "dims.json").read_text())
-            except (OSError, ValueError):
-                dims = None
-            if not _valid_dims(dims):
-                bad += 1
-                continue
-            for f in sorted(pdir.glob("*.npz")):
-                if not f.stem.isdigit():
-                    continue
-                try:
-                    with np.load(f, allow_pickle=False) as z:
-                        arrays = {k: z[k] for k in z.files}
-                except (
-                    OSError,
-                    ValueError,
-                    KeyError,
-                    EOFError,
-                    struct.error,
-                    zlib.error,
-                    zipfile.BadZipFile,
-                ):
-                    bad += 1  # partial file: never reported as data
-                    continue
-                for name, arr in arrays.items():
-                    if name in dims and arr.ndim == len(dims[name]):
-                        out.setdefault((pdir.name, name), (dims[name], {}))[1][int(f.stem)] = arr
-                    elif name in dims:
-                        bad += 1  # an array that does not match its declared dims
-        return out, bad
-
-
-def _valid_dims(dims: Any) -> bool:
-    """``dims.json`` content: {var: [dim names, first "seed"]}."""
-    return isinstance(dims, dict) and all(
-        isinstance(d, list) and d and d[0] == "seed" and all(isinstance(x, str) for x in d)
-        for d in dims.values()
-    )
-
-
-def _zip_damage(path: Path) -> str | None:
-    """What is wrong with a zip file (checkpoint, npz), or None if every CRC matches."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            bad = z.testzip()
-    except (OSError, zipfile.BadZipFile, EOFError, ValueError, zlib.error, struct.error) as err:
-        return f"not a readable zip file: {type(err).__name__}"
-    return None if bad is None else f"CRC mismatch in {bad}"
+        """{(probe, var): (dims, {step: array})} and the count of unreadable files skipped
+        (see :func:`widthwise.store.records.load_width`)."""
+        found = rec.load_width(self.path, None, self.width)
+        return found.arrays, found.bad
