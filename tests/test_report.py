@@ -20,9 +20,11 @@ import pytest
 import xarray as xr
 from conftest import tiny_spec_dict
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from PIL import Image
 
 import widthwise
+import widthwise.spec
 from widthwise import analysis as wa
 from widthwise.cli import main
 from widthwise.report import build_compare, build_report, fig_curves, fig_fits
@@ -214,7 +216,8 @@ def test_probe_study_has_representation_sections(tmp_path_factory):
         page_path, CURVES | {"kernels", "preacts", "sharpness", "ntk", "coord_check"}
     )
     rep = page_path.parent
-    assert "2/lr = 20" in (rep / "figures" / "sharpness.svg").read_text()
+    # the threshold, labelled in mathtext (the SVG keeps each text's source as a comment)
+    assert r"$2/\mathrm{lr}$ = 20" in (rep / "figures" / "sharpness.svg").read_text()
     assert "Skipped (not requested)" in page  # coordinate check: a note, no figure
     assert not (rep / "figures" / "coord_check.png").exists()
     for name in (
@@ -367,7 +370,7 @@ def _curves(widths=(16, 32, 64), seeds=2, steps=5) -> xr.DataArray:
 
 
 def test_figures_have_a_width_colorbar():
-    fig = fig_curves.loss_curves(_curves(), None)
+    fig = fig_curves.loss_curves(_curves(steps=8), None)
     assert isinstance(fig, Figure)
     (ax,) = [a for a in fig.axes if a.get_label() != "<colorbar>"]
     cbar = [a for a in fig.axes if a.get_label() == "<colorbar>"]
@@ -381,7 +384,7 @@ def test_figures_have_a_width_colorbar():
 
 
 def test_figures_single_width_and_nan_members():
-    da = _curves(widths=(32,))
+    da = _curves(widths=(32,), steps=8)
     da[0, 0, 2:] = np.nan  # a diverged member
     fig = fig_curves.loss_curves(da, da.rename(step="test_step"))
     panels = [a for a in fig.axes if a.get_label() != "<colorbar>"]
@@ -390,7 +393,7 @@ def test_figures_single_width_and_nan_members():
     alive_mean = np.nanmean(da.isel(width=0).values, axis=0)
     for ax in panels:
         (line,) = ax.get_lines()
-        np.testing.assert_array_equal(line.get_xdata(), [1, 2, 3, 4])
+        np.testing.assert_array_equal(line.get_xdata(), [1, 2, 3, 4, 5, 6, 7])
         np.testing.assert_allclose(line.get_ydata(), alive_mean[1:])
     np.testing.assert_allclose(alive_mean[2:], da.isel(width=0, seed=1).values[2:])
 
@@ -400,9 +403,11 @@ def test_figures_single_width_and_nan_members():
     fig = fig_fits.power_law({"t": (data, fit, curve)})
     (ax,) = [a for a in fig.axes if a.get_label() != "<colorbar>"]
     assert ax.get_title() == "t" and ax.get_xscale() == "log" and ax.get_yscale() == "log"
-    lines = {ln.get_label(): ln for ln in ax.get_lines()}
-    np.testing.assert_array_equal(lines["a·n^(−b) + c"].get_xdata(), [16, 32])
-    np.testing.assert_allclose(lines["a·n^(−b) + c"].get_ydata(), [1.0, 0.5])
+    (fit_line,) = [ln for ln in ax.get_lines() if ln.get_marker() == "None"]
+    np.testing.assert_array_equal(fit_line.get_xdata(), [16, 32])
+    np.testing.assert_allclose(fit_line.get_ydata(), [1.0, 0.5])
+    keys = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert fig_fits.FIT_LABEL in keys
     # one marker per width at the seed mean
     means = sorted(
         (float(ln.get_xdata()[0]), float(ln.get_ydata()[0]))
@@ -411,7 +416,8 @@ def test_figures_single_width_and_nan_members():
     )
     expected = [(float(w), float(data.sel(width=w).mean())) for w in (16, 32, 64)]
     np.testing.assert_allclose(means, expected)
-    assert float(fit.c) == 0 and "c (n → ∞)" not in lines  # no c line at c = 0 (log axis)
+    # no c line at c = 0 (off the log axis), nor a key for it
+    assert float(fit.c) == 0 and not any(k.startswith(fig_fits.C_LABEL) for k in keys)
     assert ax.get_legend().get_title().get_text() == fig_fits.fit_label(fit)
     assert "R² = 0.036" in fig_fits.fit_label(fit)  # the fit's own R²
 
@@ -484,3 +490,357 @@ def test_attention_distance_with_one_moving_step_is_drawn_against_width() -> Non
     moving = tv.copy()
     moving[:2, 0] = 0.1  # two steps with a distance: a curve over training
     assert attention_distance(moving).axes[0].get_xlabel() != "width"
+
+
+# -- figures a reader can trust: markers where little was measured, one colour per width,
+#    legends off the data, labelled log axes, zeros shown -------------------------------
+
+
+def _panels(fig: Figure) -> list:
+    return [a for a in fig.axes if a.get_label() != "<colorbar>"]
+
+
+def _rgb(c) -> tuple:
+    from matplotlib.colors import to_rgb
+
+    c = np.asarray(c, dtype=object if isinstance(c, str) else float)
+    if c.ndim == 2:
+        c = c[0]
+    return tuple(np.round(to_rgb(tuple(c) if c.ndim else str(c)), 4))
+
+
+def _width_colours(figs) -> dict[str, set]:
+    """gid 'width=n' → the colours of every artist drawn for width n in ``figs``."""
+    from collections import defaultdict
+
+    from matplotlib.collections import LineCollection
+
+    out: dict[str, set] = defaultdict(set)
+    for fig in figs:
+        for ax in _panels(fig):
+            for art in [*ax.get_lines(), *ax.collections]:
+                gid = str(art.get_gid() or "")
+                if not gid.startswith("width="):
+                    continue
+                if isinstance(art, (Line2D, LineCollection)):
+                    colour = art.get_color()
+                else:
+                    colour = art.get_facecolor()
+                out[gid.split()[0]].add(_rgb(colour))
+    return out
+
+
+def _legends(fig: Figure) -> list:
+    from matplotlib.legend import Legend
+
+    legs = list(fig.legends)
+    for ax in fig.axes:
+        legs += [c for c in ax.get_children() if isinstance(c, Legend)]
+    return legs
+
+
+def _points_under_legends(fig: Figure) -> list[tuple[str, str]]:
+    """(legend text, axes title) for every data point (line vertex, marker, error-bar
+    end, scatter point) drawn inside an axes that lies within a legend's box, in display
+    coordinates after the figure is laid out as it is saved."""
+    from matplotlib.collections import LineCollection, PathCollection
+
+    fig.savefig(io.BytesIO(), format="png")
+    fig.draw_without_rendering()
+    renderer = fig._get_renderer()
+    bad = []
+    for leg in _legends(fig):
+        box = leg.get_window_extent(renderer)
+        for ax in _panels(fig):
+            pts = []
+            for line in ax.get_lines():
+                pts.append(line.get_transform().transform(np.asarray(line.get_xydata(), float)))
+            for coll in ax.collections:
+                if isinstance(coll, LineCollection):
+                    for seg in coll.get_segments():
+                        pts.append(coll.get_transform().transform(np.asarray(seg, float)))
+                elif isinstance(coll, PathCollection) and len(coll.get_offsets()):
+                    pts.append(coll.get_offset_transform().transform(coll.get_offsets()))
+            if not pts:
+                continue
+            xy = np.vstack([p for p in pts if len(p)])
+            xy = xy[np.isfinite(xy).all(1)]
+            a = ax.bbox
+            shown = (
+                (xy[:, 0] >= a.x0) & (xy[:, 0] <= a.x1) & (xy[:, 1] >= a.y0) & (xy[:, 1] <= a.y1)
+            )
+            under = (xy[:, 0] > box.x0) & (xy[:, 0] < box.x1)
+            under &= (xy[:, 1] > box.y0) & (xy[:, 1] < box.y1)
+            if (shown & under).any():
+                texts = [t.get_text() for t in leg.get_texts()] or [leg.get_title().get_text()]
+                bad.append((texts[0], ax.get_title()))
+    return bad
+
+
+def _labelled_ticks(ax, which: str = "y") -> list[str]:
+    """The non-empty major tick labels of ``ax`` inside its view."""
+    axis = ax.yaxis if which == "y" else ax.xaxis
+    lo, hi = sorted(axis.get_view_interval())
+    locs = axis.get_majorticklocs()
+    labels = axis.get_major_formatter().format_ticks(locs)
+    return [t for v, t in zip(locs, labels) if lo <= v <= hi and t]
+
+
+def _sparse_sharpness(steps=(0, 200, 400), widths=(16, 32, 64), seeds=3) -> xr.DataArray:
+    rng = np.random.default_rng(3)
+    return xr.DataArray(
+        rng.uniform(20, 40, (len(widths), seeds, len(steps))),
+        dims=("width", "seed", "sharpness_step"),
+        coords={"width": list(widths), "sharpness_step": list(steps)},
+    )
+
+
+def test_a_probe_with_few_steps_draws_markers_with_error_bars_not_bands():
+    from matplotlib.collections import LineCollection, PolyCollection
+
+    da = _sparse_sharpness()
+    fig = fig_fits.sharpness(da, {r"$2/\mathrm{lr}$ = 40": 40.0}, widths=[16, 32, 64])
+    (ax,) = _panels(fig)
+    # no band, no line joining the 3 measured steps: one marker per (width, step) with
+    # the range over seeds as its error bar
+    assert not [c for c in ax.collections if isinstance(c, PolyCollection)]
+    data = [ln for ln in ax.get_lines() if str(ln.get_gid()).startswith("width=")]
+    assert len(data) == 3 and all(ln.get_linestyle() == "None" for ln in data)
+    assert all(ln.get_marker() == "o" and len(ln.get_xdata()) == 3 for ln in data)
+    bars = [c for c in ax.collections if isinstance(c, LineCollection)]
+    assert len(bars) == 3  # one set of error bars per width
+    seg = bars[0].get_segments()[1]  # width 16, step 200: from the seed min to the max
+    np.testing.assert_allclose(sorted(seg[:, 1]), [da[0, :, 1].min(), da[0, :, 1].max()])
+    # a linear step axis, ticks at exactly the recorded steps; widths dodged apart
+    assert ax.get_xscale() == "linear"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "200", "400"]
+    xs = [ln.get_xdata()[1] for ln in data]
+    assert xs == sorted(xs) and xs[0] < 200 < xs[-1]
+    # the label is formatted math, not raw Λ^½
+    fig = fig_fits.sharpness(da, {}, ylabel=r"top eigenvalue of $\Lambda^{1/2} H \Lambda^{1/2}$")
+    assert "^½" not in _panels(fig)[0].get_ylabel()
+    # six steps or more: lines with bands over seeds
+    dense = _sparse_sharpness(steps=tuple(range(0, 60, 10)))
+    (ax,) = _panels(fig_fits.sharpness(dense, {}))
+    assert [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert all(ln.get_linestyle() == "-" for ln in ax.get_lines() if ln.get_gid())
+
+
+def test_sparse_kernel_panels_key_layers_by_marker():
+    """Kernels at 3 steps: the successive-difference and kernel-distance panels mark each
+    layer with its own marker, and their legends show those markers (not lines)."""
+    rng = np.random.default_rng(4)
+    diff = xr.DataArray(
+        rng.uniform(0.05, 0.3, (2, 3, 2)),
+        dims=("width", "kernels_step", "kernels_layer"),
+        coords={"width": [16, 32], "kernels_step": [0, 10, 20], "kernels_layer": ["l1", "l2"]},
+        attrs={"relative": 1},
+    )
+    fig = fig_curves.successive_differences(
+        {"feature kernels": diff}, tol=0.05, widths=[16, 32, 64]
+    )
+    (ax,) = _panels(fig)
+    markers = {ln.get_marker() for ln in ax.get_lines() if str(ln.get_gid()).startswith("width=")}
+    assert markers == {"o", "s"}
+    (leg,) = fig.legends  # one legend for the figure, below the panels
+    handles = {t.get_text(): h for t, h in zip(leg.get_texts(), leg.legend_handles)}
+    assert handles["l1"].get_marker() == "o" and handles["l2"].get_marker() == "s"
+    assert handles["l1"].get_linestyle() == "None"  # a marker key for markers drawn
+    assert handles["tolerance 0.05"].get_linestyle() == "--"
+
+
+def test_zero_on_a_log_axis_is_a_visible_marker_and_log_ticks_are_labelled():
+    """A zero-initialised readout is 0 at step 0: on the coordinate check's log axis it is
+    an open marker on the bottom edge, keyed in the legend; every panel labels ≥ 2 ticks."""
+    vals = np.array(
+        [
+            [[0.52, 0.52], [0.50, 0.51], [0.0, 0.06]],
+            [[0.55, 0.55], [0.53, 0.53], [0.0, 0.065]],
+            [[0.56, 0.56], [0.55, 0.55], [0.0, 0.07]],
+        ]
+    )  # (width, layer, step)
+    da = xr.DataArray(
+        vals,
+        dims=("width", "layer", "step"),
+        coords={"width": [32, 64, 128], "layer": ["l1", "l2", "out"], "step": [0, 1]},
+    )
+    fig = fig_fits.coord_check(da)
+    first, second = _panels(fig)
+    zeros = [ln for ln in first.get_lines() if ln.get_gid() == "zero_on_log_axis"]
+    assert len(zeros) == 1 and list(zeros[0].get_xdata()) == [32, 64, 128]
+    assert zeros[0].get_marker() != "None" and zeros[0].get_markerfacecolor() == "white"
+    assert zeros[0].get_markeredgecolor() == "C2"  # the readout's colour
+    assert not [ln for ln in second.get_lines() if ln.get_gid() == "zero_on_log_axis"]
+    (leg,) = fig.legends
+    assert "0 (off the log scale)" in [t.get_text() for t in leg.get_texts()]
+    fig.draw_without_rendering()
+    for ax in (first, second):
+        assert len(_labelled_ticks(ax)) >= 2, _labelled_ticks(ax)
+    assert not _points_under_legends(fig)
+
+
+@pytest.mark.parametrize("view", [(0.5, 0.6), (0.07, 0.18), (0.2, 1.3), (1e-6, 1.0), (3.0, 3000.0)])
+def test_log_axes_always_label_two_values(view):
+    from widthwise.report.style import log_axis, new_figure
+
+    fig, axes = new_figure(1, 3)
+    for ax in axes[0]:
+        ax.plot([1, 2], list(view))
+        log_axis(ax, "y")
+        ax.set_ylim(*view)
+    fig.draw_without_rendering()
+    for ax in axes[0]:
+        labels = _labelled_ticks(ax)
+        assert 2 <= len(labels) <= 8, (view, labels)
+
+
+def test_one_colour_per_width_in_every_panel_of_a_report(tmp_path_factory):
+    """Every artist drawn for width n, in every figure of the report (curves, sparse
+    markers, bands, against-width markers, successive pairs labelled by their narrower
+    width, panels without the widest), has the one colour style.width_colors gives n."""
+    from widthwise.report.build import study_sections
+    from widthwise.report.style import width_colors
+
+    ds = widthwise.open_study(study("probes", tmp_path_factory))
+    figs = [p.figure for s in study_sections(ds) for p in s.panels]
+    colours = _width_colours(figs)
+    expected = width_colors(ds.width.values.tolist())
+    assert set(colours) == {f"width={int(w)}" for w in ds.width.values}
+    for w, c in expected.items():
+        assert colours[f"width={int(w)}"] == {_rgb(c)}, w
+    # every legend of the report sits off the data
+    for fig in figs:
+        assert not _points_under_legends(fig)
+
+
+def test_compare_puts_studies_side_by_side_with_one_colour_map():
+    from widthwise.report import fig_compare
+    from widthwise.report.style import width_colors
+
+    a = _curves(widths=(16, 32, 64), steps=12)
+    b = _curves(widths=(32, 64, 128), steps=12) * 2
+    fig = fig_compare.overlay_curves(
+        {"training loss": {"mup": a, "sp": b}, "test loss": {"mup": a, "sp": b}},
+        xdims={"training loss": "step", "test loss": "step"},
+        ylabel={"training loss": "MSE", "test loss": "MSE"},
+    )
+    panels = _panels(fig)
+    assert [ax.get_title() for ax in panels] == [
+        "mup — training loss",
+        "sp — training loss",
+        "mup — test loss",
+        "sp — test loss",
+    ]  # one column per study, one row per quantity
+    assert panels[0].get_ylim() == panels[1].get_ylim()  # a row shares its y range
+    # one colour per width in both columns: 32 and 64 alike, on the union 16-128
+    union = width_colors([16, 32, 64, 128])
+    for w, c in _width_colours([fig]).items():
+        assert c == {_rgb(union[int(w.split("=")[1])])}, w
+    fv = fig_compare.overlay_vs_width(
+        {"final": {"mup": a.isel(step=-1), "sp": b.isel(step=-1)}}, ylabel="MSE"
+    )
+    assert [ax.get_title() for ax in _panels(fv)] == ["mup — final", "sp — final"]
+    for w, c in _width_colours([fv]).items():
+        assert c == {_rgb(union[int(w.split("=")[1])])}, w
+    gids = {ln.get_gid() for ax in _panels(fv) for ln in ax.get_lines()}
+    assert {"reference_slope_-0.5", "reference_slope_-1"} <= gids  # against width: slopes
+    assert not _points_under_legends(fv)
+    # panels that each hold one study (claims.py's muP vs SP): one row, side by side
+    single = fig_compare.overlay_curves(
+        {"muP, training loss": {"muP": a}, "SP, training loss": {"SP": b}},
+        xdims={"muP, training loss": "step", "SP, training loss": "step"},
+        ylabel={"muP, training loss": "MSE", "SP, training loss": "MSE"},
+    )
+    assert [ax.get_title() for ax in _panels(single)] == ["muP, training loss", "SP, training loss"]
+
+
+def test_compare_report_colours_a_width_alike_in_every_figure(tmp_path_factory):
+    from widthwise.report.compare import compare_sections
+    from widthwise.report.section import flatten_samples
+
+    dirs = [study("base", tmp_path_factory), study("base_sp", tmp_path_factory)]
+    studies = {lab: flatten_samples(widthwise.open_study(d)) for lab, d in zip(("mup", "sp"), dirs)}
+    figs = [p.figure for s in compare_sections(studies, dirs) for p in s.panels]
+    assert len(figs) >= 3  # loss curves, final loss, distance (without each widest)
+    colours = _width_colours(figs)
+    assert set(colours) == {"width=16", "width=32", "width=64"}
+    assert all(len(c) == 1 for c in colours.values()), colours
+    for fig in figs:
+        cols = {ax.get_title().split(" — ")[0] for ax in _panels(fig) if ax.axison}
+        assert cols == {"mup", "sp"}  # one column per study in every figure
+        assert not _points_under_legends(fig)
+
+
+def test_power_law_fit_box_and_limit_curve_stay_off_the_data():
+    rng = np.random.default_rng(5)
+    widths = [32, 64, 128, 256, 512, 1024]
+    n = np.array(widths, dtype=float)
+    data = xr.DataArray(
+        (0.25 + 2.0 * n**-0.7)[:, None] * (1 + 0.01 * rng.standard_normal((6, 4))),
+        dims=("width", "seed"),
+        coords={"width": widths},
+    )
+    fit = wa.power_law_fit(data)
+    grid = np.geomspace(32, 1024, 40)
+    curve = xr.DataArray(
+        float(fit.a) * grid ** -float(fit.b) + float(fit.c), dims="width", coords={"width": grid}
+    )
+    steps = np.arange(0, 60, 5)
+    limit = xr.Dataset(
+        {
+            "limit": ("test_step", np.where(steps % 15 == 5, 0.0, 1.0 / (1 + steps))),
+            "limit_ci": (("test_step", "bound"), np.stack([0.5 / (1 + steps), 2 / (1 + steps)], 1)),
+        },
+        coords={"test_step": steps, "bound": ["lo", "hi"]},
+    )
+    fig = fig_fits.power_law({"test loss": (data, fit, curve)}, limit)
+    fit_ax, limit_ax = _panels(fig)
+    assert fit_ax.get_legend().get_title().get_text() == fig_fits.fit_label(fit)
+    assert not _points_under_legends(fig)  # the box covers neither width 1024 nor c
+    # c = 0 at some steps: open markers on the bottom edge, keyed; the rest a line
+    zeros = [ln for ln in limit_ax.get_lines() if ln.get_gid() == "zero_on_log_axis"]
+    assert list(zeros[0].get_xdata()) == [5, 20, 35, 50]
+    assert "$c = 0$ (off the log scale)" in [
+        t.get_text() for t in limit_ax.get_legend().get_texts()
+    ]
+
+
+def test_ntk_prediction_panel_states_the_gap_from_the_data():
+    widths = [16, 32]
+    steps = np.array([0, 10, 20, 40])
+    pred = xr.DataArray(
+        np.exp(-steps / 10.0)[None, :] * np.ones((2, 1)),
+        dims=("width", "test_step"),
+        coords={"width": widths, "test_step": steps},
+    )
+    meas = xr.DataArray(
+        np.stack([np.full((3, 4), 0.3), np.full((3, 4), 0.2)]),
+        dims=("width", "seed", "test_step"),
+        coords={"width": widths, "test_step": steps},
+    )
+    ens = meas.mean("seed") - 0.01
+    eig = xr.DataArray(
+        [[3.0, 1.0, 0.1], [3.1, 1.0, 0.1]], dims=("width", "mode"),
+        coords={"width": widths, "mode": [1, 2, 3]},
+    )  # fmt: skip
+    from widthwise.report.fig_repr import ntk_spectrum
+
+    fig = ntk_spectrum(
+        eig, None, pred, meas, time_dim="test_step", measured_ensemble=ens, floor=0.25
+    )
+    title = _panels(fig)[-1].get_legend().get_title().get_text()
+    r16, r32 = 0.3 / np.exp(-4.0), 0.2 / np.exp(-4.0)
+    assert title.startswith("measured / predicted, step 40:")
+    assert f"{r16:.3g}× at width 16" in title and f"{r32:.3g}× at 32" in title
+    assert f"seed-mean network: {0.29 / np.exp(-4.0):.3g}×" in title
+    labels = [t.get_text() for t in _panels(fig)[-1].get_legend().get_texts()]
+    assert "seed-mean network" in labels and "floor 0.25" in labels
+
+
+def test_figures_namespace_has_every_public_figure():
+    from widthwise.report import fig_horizon, fig_repr, figures
+
+    assert figures.horizon is fig_horizon.horizon
+    assert figures.kernel_limit_distance is fig_repr.kernel_limit_distance
+    for name in figures.__all__:
+        assert callable(getattr(figures, name)), name

@@ -22,10 +22,11 @@ import xarray as xr
 from conftest import tiny_spec_dict
 
 import widthwise
+import widthwise.spec
 from widthwise.report import build_report, fig_curves, fig_fits
 from widthwise.report import sections_curves as sc
 from widthwise.report import sections_repr as sr
-from widthwise.report.style import new_figure, reference_slopes, slope_label
+from widthwise.report.style import new_figure, reference_slopes, slope_label, slope_math
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -297,7 +298,8 @@ def test_reference_slopes_on_the_against_width_panels(report) -> None:
         gids = _gids(out / "figures" / f"{name}.svg")
         assert {"reference_slope_-0.5", "reference_slope_-1"} <= gids, name
         svg = (out / "figures" / f"{name}.svg").read_text()
-        assert "∝ n^−1/2" in svg and "∝ n^−1" in svg  # labelled in the legend
+        # labelled in the legend, in mathtext (the SVG keeps each text's source)
+        assert "$\\propto n^{-1/2}$" in svg and "$\\propto n^{-1}$" in svg
 
 
 def test_reference_slopes_are_anchored_at_the_narrowest_width() -> None:
@@ -315,7 +317,8 @@ def test_reference_slopes_are_anchored_at_the_narrowest_width() -> None:
         assert (x[0], x[-1]) == (16, 32)  # the widest (distance 0) is not drawn
         np.testing.assert_allclose(y, anchor * (x / 16) ** s)
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert "∝ n^−1/2" in labels and "∝ n^−1" in labels
+    assert slope_math(-0.5) in labels and slope_math(-1.0) in labels
+    assert slope_math(-0.5) == "$\\propto n^{-1/2}$"
     # variance vs width: anchored at the narrowest width's variance
     final = xr.Dataset(
         {k: ("width", v) for k, v in {

@@ -2,7 +2,9 @@
 
 E.g. muP vs SP (paper Appendix E) or muP vs NTP (Appendix D): the same widths, seeds
 and data, another parameterization. Colour is width, linestyle is study; the
-summary names the settings that differ between the specs.
+summary names the settings that differ between the specs. Figures put the studies side
+by side, one column per study (paper Fig. 15), with one width → colour map for every
+panel: the union of the studies' widths.
 """
 
 from __future__ import annotations
@@ -92,8 +94,9 @@ def compare_sections(studies: dict[str, xr.Dataset], dirs: Sequence[Path]) -> li
         id="summary",
         title="Summary",
         paper="App. D, E",
-        text="Studies overlaid: colour is width, linestyle is study. The settings that "
-        "differ between the specs are listed; a fair comparison changes one of them.",
+        text="Studies side by side: one column per study, the panels of a quantity on one "
+        "y scale; colour is width, on one scale for every study and panel. The settings "
+        "that differ between the specs are listed; a fair comparison changes one of them.",
         facts=[
             (
                 "differing settings",
@@ -123,6 +126,7 @@ def compare_sections(studies: dict[str, xr.Dataset], dirs: Sequence[Path]) -> li
         )
     sections = [summary]
     loss_name = loss_label(next(iter(studies.values())))
+    widths = sorted({w for ds in studies.values() for w in ds.width.values.tolist()})
     curves: dict[str, dict[str, xr.DataArray]] = {}
     xdims, ylab = {}, {}
     for var, title, xdim in (
@@ -137,11 +141,11 @@ def compare_sections(studies: dict[str, xr.Dataset], dirs: Sequence[Path]) -> li
             id="loss",
             title="Loss curves",
             paper="Fig. 2, App. E",
-            text="Losses over training of every study; colour: width; linestyle: study.",
+            text="Losses over training, one column per study; colour: width.",
             panels=[
                 Panel(
                     "compare_loss_curves",
-                    fig_compare.overlay_curves(curves, xdims=xdims, ylabel=ylab),
+                    fig_compare.overlay_curves(curves, xdims=xdims, ylabel=ylab, widths=widths),
                     "Seed means.",
                 )
             ],
@@ -168,8 +172,11 @@ def compare_sections(studies: dict[str, xr.Dataset], dirs: Sequence[Path]) -> li
             panels=[
                 Panel(
                     "compare_final_loss",
-                    fig_compare.overlay_vs_width(final, ylabel=loss_name),
-                    "Seed mean and range over seeds.",
+                    fig_compare.overlay_vs_width(
+                        final, ylabel=loss_name, widths=widths, reference=False
+                    ),
+                    "Seed mean and range over seeds; no reference slopes: a loss "
+                    "approaches its infinite-width value c, not 0 (see the power laws).",
                 )
             ],
         )
@@ -195,6 +202,7 @@ def compare_sections(studies: dict[str, xr.Dataset], dirs: Sequence[Path]) -> li
                         {"scaled RMSE to the widest": rmse},
                         xdims={"scaled RMSE to the widest": "test_step"},
                         ylabel={"scaled RMSE to the widest": "scaled RMSE"},
+                        widths=widths,
                     ),
                     "Ensemble means; the widest of each study is not drawn.",
                 )
@@ -219,9 +227,13 @@ def compare_sections(studies: dict[str, xr.Dataset], dirs: Sequence[Path]) -> li
                 Panel(
                     "compare_sharpness",
                     fig_compare.overlay_curves(
-                        {t: sharp}, xdims={t: "sharpness_step"}, ylabel={t: "sharpness"}
+                        {t: sharp},
+                        xdims={t: "sharpness_step"},
+                        ylabel={t: "sharpness"},
+                        widths=widths,
                     ),
-                    "Seed means.",
+                    "Seed means; with fewer than 6 recorded steps, markers at the recorded steps "
+                    "with the range over seeds as error bars.",
                 )
             ],
             tables={"compare_sharpness": _stack(sharp, "sharpness")},

@@ -1,27 +1,36 @@
-"""Figures overlaying several studies: colour per width, linestyle per study (pure)."""
+"""Figures of several studies side by side: one column per study, colour per width (pure).
+
+Like the paper's Fig. 15 (muP vs SP): each study gets its own panel, the panels of a
+quantity share their y range (so a higher curve is a higher loss), and one width has
+one colour in every panel — the colour scale is the union of every study's widths
+(or ``widths``), keyed by one colour bar.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 
-from widthwise.report.fig_curves import STEP, nan_stats, robust_ylim, width_lines
+from widthwise.report.fig_curves import nan_stats, robust_ylim, step_axes, width_lines
 from widthwise.report.style import (
-    LINESTYLES,
-    MARKERS,
+    PANEL_H,
     new_figure,
+    place_legend,
     positive,
+    reference_slopes,
     style_axes,
     styled,
     width_colorbar,
-    width_colors,
+    width_gid,
+    width_scale,
     width_ticks,
 )
 
 
-def _all_widths(panels: dict[str, dict[str, xr.DataArray]]) -> list[int]:
+def _all_widths(panels: dict[str, dict[str, xr.DataArray]]) -> list:
     """Every width any study in any panel has, sorted (one shared colour scale)."""
     return sorted(
         {
@@ -33,20 +42,60 @@ def _all_widths(panels: dict[str, dict[str, xr.DataArray]]) -> list[int]:
     )
 
 
-def _study_legend(ax, labels: list[str], *, markers: bool = False) -> None:
-    handles = [
-        Line2D(
-            [],
-            [],
-            color="0.25",
-            ls=LINESTYLES[i % len(LINESTYLES)],
-            marker=MARKERS[i % len(MARKERS)] if markers else None,
-            ms=4,
-            label=label,
-        )
-        for i, label in enumerate(labels)
-    ]
-    ax.legend(handles=handles, loc="best")
+def grid_of(panels: dict[str, dict[str, xr.DataArray]]) -> list[list[tuple[str, str, bool]]]:
+    """The layout of ``panels[title][study]``: rows of (title, study, present) cells.
+
+    One row per quantity (title) and one column per study, in the order first seen; a
+    study without that quantity leaves its cell empty (``present`` False). Where no
+    quantity has more than one study (e.g. ``{"muP, loss": {"muP": a}, "SP, loss":
+    {"SP": b}}``), one row with a column per panel.
+    """
+    if all(len(studies) <= 1 for studies in panels.values()):
+        return [[(title, s, True) for title, studies in panels.items() for s in studies]]
+    order: list[str] = []
+    for studies in panels.values():
+        order += [s for s in studies if s not in order]
+    return [[(title, s, s in studies) for s in order] for title, studies in panels.items()]
+
+
+def _cell_title(title: str, study: str, one_row: bool) -> str:
+    if one_row and study.lower() in title.lower():
+        return title
+    return f"{study} — {title}"
+
+
+def _layout(panels):
+    grid = grid_of(panels)
+    nrows, ncols = len(grid), max(len(r) for r in grid)
+    fig, axes = new_figure(nrows, ncols, height=PANEL_H * nrows + (0.1 if nrows == 1 else 0))
+    return grid, fig, axes
+
+
+def _share_y(axes_row, logy: bool) -> None:
+    """One y range for the panels of a row (the union of their views)."""
+    live = [ax for ax in axes_row if ax.get_visible() and ax.axison]
+    if len(live) < 2:
+        return
+    lims = np.array([ax.get_ylim() for ax in live], dtype=np.float64)
+    lo, hi = float(np.nanmin(lims[:, 0])), float(np.nanmax(lims[:, 1]))
+    if logy and lo <= 0:
+        return
+    for ax in live:
+        ax.set_ylim(lo, hi)
+
+
+def _empty(ax, title: str, study: str) -> None:
+    ax.set_axis_off()
+    ax.text(
+        0.5,
+        0.5,
+        f"{study}: no {title}",
+        ha="center",
+        va="center",
+        transform=ax.transAxes,
+        color="0.45",
+        fontsize=7,
+    )
 
 
 @styled
@@ -56,64 +105,92 @@ def overlay_curves(
     xdims: dict[str, str],
     ylabel: dict[str, str],
     logy: bool = True,
+    widths: Sequence[float] | None = None,
 ) -> Figure:
-    """One panel per quantity; in each, every study's curves (width, seed, x) coloured by
-    width with one linestyle per study. ``panels[title][study] = DataArray``."""
-    fig, axes = new_figure(1, len(panels))
-    widths = _all_widths(panels)
-    colors = width_colors(widths)
-    for ax, (title, studies) in zip(axes[0], panels.items()):
-        for i, da in enumerate(studies.values()):
-            width_lines(
+    """Curves over training, one panel per (quantity, study): rows are the quantities
+    (titles), columns the studies (:func:`grid_of`); ``panels[title][study]`` is a
+    DataArray (width, [seed], xdims[title]), drawn as the seed mean coloured by width
+    (the union of the studies' widths, or ``widths``). The panels of a row share their
+    y range."""
+    grid, fig, axes = _layout(panels)
+    scale, colors = width_scale(widths, *[da for s in panels.values() for da in s.values()])
+    one_row = len(grid) == 1
+    for r, row in enumerate(grid):
+        for c, (title, study, present) in enumerate(row):
+            ax = axes[r, c]
+            if not present:
+                _empty(ax, title, study)
+                continue
+            da = panels[title][study]
+            sparse = width_lines(ax, da, xdims[title], colors, logx=True, logy=logy, band=False)
+            step_axes(
                 ax,
                 da,
                 xdims[title],
-                colors,
-                logx=True,
+                sparse,
+                ylabel=ylabel[title],
+                title=_cell_title(title, study, one_row),
                 logy=logy,
-                ls=LINESTYLES[i % len(LINESTYLES)],
-                band=False,
             )
-        style_axes(ax, xlabel=STEP, ylabel=ylabel[title], title=title, logx=True, logy=logy)
-        robust_ylim(ax, list(studies.values()), logy=logy)
-    _study_legend(axes[0, 0], list(next(iter(panels.values()))))
-    width_colorbar(fig, axes, widths)
+            robust_ylim(ax, [da], logy=logy)
+        if not one_row or len({ylabel[t] for t in panels}) == 1:
+            _share_y(axes[r], logy)
+    width_colorbar(fig, axes, scale, ticks=_all_widths(panels))
     return fig
 
 
 @styled
-def overlay_vs_width(panels: dict[str, dict[str, xr.DataArray]], *, ylabel: str) -> Figure:
-    """Final values against width, one line per study (seed mean, range as error bars).
-
-    ``panels[title][study]`` is a DataArray (width, seed). Points are coloured by width.
+def overlay_vs_width(
+    panels: dict[str, dict[str, xr.DataArray]],
+    *,
+    ylabel: str,
+    widths: Sequence[float] | None = None,
+    reference: bool = True,
+) -> Figure:
+    """Final values against width, one panel per (quantity, study) as
+    :func:`overlay_curves` lays them out: the seed mean with the range over seeds as
+    error bars, a grey line through the widths and a marker per width in its colour;
+    ``reference``: the slopes n^-1/2 and n^-1 from the narrowest width's value (for
+    distances and variances; a loss approaching an offset c has none, as in the
+    power-law panels). ``panels[title][study]`` is a DataArray (width, seed).
     """
-    fig, axes = new_figure(1, len(panels))
-    widths = _all_widths(panels)
-    colors = width_colors(widths)
-    for ax, (title, studies) in zip(axes[0], panels.items()):
-        for i, da in enumerate(studies.values()):
+    grid, fig, axes = _layout(panels)
+    scale, colors = width_scale(widths, *[da for s in panels.values() for da in s.values()])
+    one_row = len(grid) == 1
+    for r, row in enumerate(grid):
+        for c, (title, study, present) in enumerate(row):
+            ax = axes[r, c]
+            if not present:
+                _empty(ax, title, study)
+                continue
+            da = panels[title][study]
+            if "seed" not in da.dims:
+                da = da.expand_dims(seed=[0])
             vals = da.transpose("width", "seed").values.astype(np.float64)
             mean, lo, hi = nan_stats(vals, 1)
             w = da.width.values
-            err = np.nan_to_num(
-                np.stack([np.clip(mean - lo, 0, None), np.clip(hi - mean, 0, None)])
-            )
-            ax.errorbar(
-                w, positive(mean), yerr=err, color="0.3", ls=LINESTYLES[i % 4], lw=1, capsize=2
-            )
+            with np.errstate(invalid="ignore"):  # diverged members: inf − inf
+                err = np.stack([np.clip(mean - lo, 0, None), np.clip(hi - mean, 0, None)])
+                err[0] = np.minimum(err[0], mean * 0.999)  # keep bars on the log axis
+            ax.errorbar(w, positive(mean), yerr=np.nan_to_num(err), color="0.3", lw=1, capsize=2)
             for j, wj in enumerate(w):
-                ax.plot(
-                    [wj],
-                    [positive(mean)[j]],
-                    marker=MARKERS[i % 4],
-                    color=colors[wj],
-                    ms=5,
-                    ls="none",
-                    zorder=3,
+                (pt,) = ax.plot(
+                    [wj], [positive(mean)[j]], "o", color=colors[wj], ms=5, ls="none", zorder=3
                 )
-        style_axes(ax, xlabel="width", ylabel=ylabel, title=title, logx=True, logy=True)
-        width_ticks(ax, widths)
-        if ax is axes[0, 0]:
-            _study_legend(ax, list(studies), markers=True)
-    width_colorbar(fig, axes, widths)
+                pt.set_gid(width_gid(wj))
+            style_axes(
+                ax,
+                xlabel="width",
+                ylabel=ylabel,
+                title=_cell_title(title, study, one_row),
+                logx=True,
+                logy=True,
+            )
+            width_ticks(ax, w)
+            finite = np.flatnonzero(np.isfinite(positive(mean)))
+            if reference and finite.size >= 2:
+                reference_slopes(ax, w[finite[0] :], float(mean[finite[0]]))
+                place_legend(ax, fontsize=6.5)
+        _share_y(axes[r], True)
+    width_colorbar(fig, axes, scale, ticks=_all_widths(panels))
     return fig

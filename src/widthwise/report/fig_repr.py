@@ -6,23 +6,38 @@ width colours) with one shared colour scale per row, so widths compare by eye.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
-from widthwise.report.fig_curves import STEP, _layer_legend, width_lines
+from widthwise.report.fig_curves import (
+    STEP,
+    _widths,
+    layer_handles,
+    sparse_probe,
+    step_axes,
+    width_lines,
+)
 from widthwise.report.style import (
     FULL,
     LINESTYLES,
     MARKERS,
+    has_zero_markers,
     new_figure,
+    place_legend,
+    plain_number,
     positive,
     reference_slopes,
     style_axes,
     styled,
     width_colorbar,
-    width_colors,
+    width_gid,
+    width_scale,
     width_ticks,
+    zero_handle,
 )
 
 HEATMAP = "magma"
@@ -96,11 +111,12 @@ def kernel_grid(kernels: xr.DataArray, *, layer_dim: str = "kernels_layer") -> F
     )
 
 
-def _per_layer(ax, da: xr.DataArray, xdim: str, layer_dim: str, colors, *, logy: bool) -> None:
-    # a sparse schedule (e.g. init and end, where init is 0 and leaves a log axis) would
-    # leave a lone point that a line does not draw: mark every point
-    marker = "o" if da.sizes[xdim] <= 3 else None
-    for i in range(da.sizes[layer_dim]):
+def _per_layer(ax, da: xr.DataArray, xdim: str, layer_dim: str, colors, *, logy: bool) -> bool:
+    """One line (or, for a sparse probe, one marker) per width and layer: line style
+    per layer, or marker per layer where sparse; returns whether it was sparse."""
+    sparse = sparse_probe(da, xdim)
+    n = da.sizes[layer_dim]
+    for i in range(n):
         width_lines(
             ax,
             da.isel({layer_dim: i}),
@@ -108,10 +124,16 @@ def _per_layer(ax, da: xr.DataArray, xdim: str, layer_dim: str, colors, *, logy:
             colors,
             logy=logy,
             ls=LINESTYLES[i % len(LINESTYLES)],
-            marker=marker,
+            marker=MARKERS[i % len(MARKERS)] if sparse else None,
+            sparse=sparse,
+            slot=(i, n),
         )
-    if da.sizes[layer_dim] > 1:
-        _layer_legend(ax, da, layer_dim)
+    handles = layer_handles(da, layer_dim, sparse) if n > 1 else []
+    if has_zero_markers(ax):
+        handles.append(zero_handle())
+    if handles:
+        place_legend(ax, handles)
+    return sparse
 
 
 @styled
@@ -121,6 +143,7 @@ def kernel_distance(
     alignment: xr.DataArray | None = None,
     *,
     layer_dim: str = "kernels_layer",
+    widths: Sequence[float] | None = None,
 ) -> Figure:
     """Distance of each width's kernel to the widest over training (paper Fig. 5 c, 12, 14).
 
@@ -128,30 +151,28 @@ def kernel_distance(
     :func:`~widthwise.analysis.relative_frobenius_to_widest` and
     :func:`~widthwise.analysis.cka_to_widest` (seed means); ``alignment`` (width,
     kernels_step, layer): kernel-target alignment of the seed-mean kernel. Linestyle
-    per layer; the widest (distance 0, CKA 1) is not drawn in the first two panels.
+    per layer (marker per layer where the kernels probe recorded few steps: markers
+    only); the widest (distance 0, CKA 1) is not drawn in the first two panels.
     """
     ref = frob.width.values.max()
-    widths = frob.width.values.tolist()
-    colors = width_colors(widths)
+    scale, colors = width_scale(widths, frob)
     fig, axes = new_figure(1, 3 if alignment is not None else 2)
     keep = frob.width != ref
-    _per_layer(axes[0, 0], frob.sel(width=keep), "kernels_step", layer_dim, colors, logy=True)
-    style_axes(
-        axes[0, 0],
-        xlabel=STEP,
-        ylabel="‖K − K_widest‖ / ‖K_widest‖",
-        title="relative Frobenius distance",
-        logy=True,
-    )
-    _per_layer(axes[0, 1], cka.sel(width=keep), "kernels_step", layer_dim, colors, logy=False)
-    style_axes(axes[0, 1], xlabel=STEP, ylabel="CKA with the widest", title="CKA (biased HSIC)")
+    panels = [
+        (frob.sel(width=keep), FROB_LABEL, "relative Frobenius distance", True),
+        (cka.sel(width=keep), "CKA with the widest", "CKA (biased HSIC)", False),
+    ]
     if alignment is not None:
-        _per_layer(axes[0, 2], alignment, "kernels_step", layer_dim, colors, logy=False)
-        style_axes(
-            axes[0, 2], xlabel=STEP, ylabel="alignment A(K, yyᵀ)", title="kernel-target alignment"
-        )
-    width_colorbar(fig, axes, widths)
+        panels.append((alignment, r"alignment $A(K, yy^{\top})$", "kernel-target alignment", False))
+    for ax, (da, ylabel, title, logy) in zip(axes[0], panels):
+        sparse = _per_layer(ax, da, "kernels_step", layer_dim, colors, logy=logy)
+        step_axes(ax, da, "kernels_step", sparse, ylabel=ylabel, title=title, logx=False, logy=logy)
+    width_colorbar(fig, axes, scale, ticks=_widths(frob))
     return fig
+
+
+FROB_LABEL = r"$\Vert K - K_{\mathrm{widest}}\Vert\,/\,\Vert K_{\mathrm{widest}}\Vert$"
+LIMIT_LABEL = r"$\Vert \bar{K}_n - K_\infty\Vert\,/\,\Vert K_\infty\Vert$"
 
 
 @styled
@@ -179,7 +200,7 @@ def kernel_limit_distance(
     style_axes(
         ax,
         xlabel="width",
-        ylabel="‖K̄_n − K_∞‖ / ‖K_∞‖",
+        ylabel=LIMIT_LABEL,
         title=f"distance to the infinite-width limit{at}",
         logx=True,
         logy=True,
@@ -189,7 +210,7 @@ def kernel_limit_distance(
     if np.isfinite(first).any():
         i0 = int(np.flatnonzero(np.isfinite(first))[0])
         reference_slopes(ax, w[i0:], float(first[i0]))
-    ax.legend(loc="lower left", fontsize=6.5, handlelength=2.4)
+    place_legend(ax, fontsize=6.5, handlelength=2.4, outside="right")
     return fig
 
 
@@ -200,6 +221,7 @@ def preact_histograms(
     initial: xr.DataArray | None = None,
     *,
     layer_dim: str = "preacts_layer",
+    widths: Sequence[float] | None = None,
 ) -> Figure:
     """Preactivation densities per layer, overlaid per width (paper Fig. 5 a, 11).
 
@@ -210,25 +232,31 @@ def preact_histograms(
     layers = _names(density, layer_dim)[:4]
     ncols = len(layers) + (w1 is not None)
     fig, axes = new_figure(1, ncols)
-    widths = density.width.values.tolist()
-    colors = width_colors(widths)
+    drawn = density.width.values.tolist()
+    scale, colors = width_scale(widths, density)
     x = density.preacts_bin.values
     for i, (ax, name) in enumerate(zip(axes[0], layers)):
-        for w in widths:
-            ax.plot(x, density.sel(width=w).isel({layer_dim: i}).values, color=colors[w])
+        for w in drawn:
+            (ln,) = ax.plot(x, density.sel(width=w).isel({layer_dim: i}).values, color=colors[w])
+            ln.set_gid(width_gid(w))
             if initial is not None:
-                ax.plot(
+                (ln,) = ax.plot(
                     x,
                     initial.sel(width=w).isel({layer_dim: i}).values,
                     color=colors[w],
                     ls=":",
                     lw=0.8,
                 )
+                ln.set_gid(width_gid(w))
         style_axes(ax, xlabel="preactivation", ylabel="density", title=name)
     if initial is not None:
-        axes[0, 0].plot([], [], color="0.3", label="final")
-        axes[0, 0].plot([], [], color="0.3", ls=":", label="init")
-        axes[0, 0].legend(loc="upper left")
+        place_legend(
+            axes[0, 0],
+            [
+                Line2D([], [], color="0.3", label="final"),
+                Line2D([], [], color="0.3", ls=":", label="init"),
+            ],
+        )
     if w1 is not None:
         ax = axes[0, -1]
         w1 = w1.sel(width=w1.width != w1.width.values.max())
@@ -247,7 +275,7 @@ def preact_histograms(
         style_axes(
             ax,
             xlabel="width",
-            ylabel="W1 to the widest",
+            ylabel="$W_1$ to the widest",
             title="distance of densities",
             logx=True,
             logy=True,
@@ -257,8 +285,8 @@ def preact_histograms(
         if np.isfinite(first).any():  # theory's slopes from the narrowest finite value
             i0 = int(np.flatnonzero(np.isfinite(first))[0])
             reference_slopes(ax, w1.width.values[i0:], float(first[i0]))
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.28), ncols=2, fontsize=6)
-    width_colorbar(fig, axes[0, : len(layers)].tolist(), widths)
+        place_legend(ax, ncols=2, fontsize=6)
+    width_colorbar(fig, axes[0, : len(layers)].tolist(), scale, ticks=drawn)
     return fig
 
 
@@ -276,7 +304,12 @@ def attention_grid(maps: xr.DataArray, *, row_dim: str = "row") -> Figure:
 
 
 @styled
-def attention_distance(tv: xr.DataArray, *, layer_dim: str = "attention_layer") -> Figure:
+def attention_distance(
+    tv: xr.DataArray,
+    *,
+    layer_dim: str = "attention_layer",
+    widths: Sequence[float] | None = None,
+) -> Figure:
     """Total-variation distance of seed-mean attention maps to the widest's, over training.
 
     ``tv`` (width, attention_step, layer) from
@@ -285,30 +318,36 @@ def attention_distance(tv: xr.DataArray, *, layer_dim: str = "attention_layer") 
     the end under ``query_zero_init``, where every map starts uniform), the figure shows
     that step's distance against width instead of a curve over training.
     """
-    widths = tv.width.values.tolist()
     ref = tv.width.values.max()
     others = tv.sel(width=tv.width != ref)
     moved = (others.fillna(0) > 0).any([d for d in others.dims if d != "attention_step"])
     if int(moved.sum()) <= 1:
-        return _attention_distance_vs_width(others, layer_dim, int(ref))
-    colors = width_colors(widths)
+        return _attention_distance_vs_width(others, layer_dim, int(ref), widths)
+    scale, colors = width_scale(widths, tv)
     fig, axes = new_figure(1, 1, height=2.6)
-    _per_layer(axes[0, 0], others, "attention_step", layer_dim, colors, logy=True)
-    style_axes(
+    sparse = _per_layer(axes[0, 0], others, "attention_step", layer_dim, colors, logy=True)
+    step_axes(
         axes[0, 0],
-        xlabel=STEP,
+        others,
+        "attention_step",
+        sparse,
         ylabel="mean TV distance per query",
         title="attention maps: distance to the widest",
+        logx=False,
         logy=True,
     )
-    width_colorbar(fig, axes, widths)
+    width_colorbar(fig, axes, scale, ticks=_widths(tv))
     return fig
 
 
-def _attention_distance_vs_width(others: xr.DataArray, layer_dim: str, ref: int) -> Figure:
-    """The last recorded step's distance to the widest (width ``ref``) against width."""
+def _attention_distance_vs_width(
+    others: xr.DataArray, layer_dim: str, ref: int, widths=None
+) -> Figure:
+    """The last recorded step's distance to the widest (width ``ref``) against width:
+    one grey line per layer, markers coloured by width, with the reference slopes."""
     last = others.isel(attention_step=-1)
     step = int(last.attention_step)
+    scale, colors = width_scale([*(widths if widths is not None else []), ref], others)
     fig, axes = new_figure(1, 1, height=2.6)
     ax = axes[0, 0]
     names = last[layer_dim].values if layer_dim in last.coords else None
@@ -320,10 +359,14 @@ def _attention_distance_vs_width(others: xr.DataArray, layer_dim: str, ref: int)
             positive(row.values),
             color="0.2",
             ls=LINESTYLES[i % len(LINESTYLES)],
-            marker="o",
-            ms=4,
+            marker=MARKERS[i % len(MARKERS)],
+            mfc="none",
+            ms=6,
             label=label,
         )
+        for w, v in zip(row.width.values, positive(row.values)):
+            (pt,) = ax.plot([w], [v], MARKERS[i % len(MARKERS)], color=colors[w], ms=3.5, zorder=3)
+            pt.set_gid(width_gid(w))
     style_axes(
         ax,
         xlabel="width",
@@ -337,8 +380,38 @@ def _attention_distance_vs_width(others: xr.DataArray, layer_dim: str, ref: int)
     if np.isfinite(first).any():
         i0 = int(np.flatnonzero(np.isfinite(first))[0])
         reference_slopes(ax, last.width.values[i0:], float(first[i0]))
-    ax.legend(loc="best")
+    place_legend(ax)
+    width_colorbar(fig, axes, scale, ticks=sorted({*last.width.values.tolist(), ref}))
     return fig
+
+
+def flow_ratio(
+    predicted: xr.DataArray, measured: xr.DataArray, time_dim: str
+) -> tuple[int | None, xr.DataArray | None]:
+    """(the last step both curves have finite, measured / predicted there per width);
+    ``measured`` may carry a seed dim (its seed mean is taken)."""
+    pm = measured.mean("seed", skipna=True) if "seed" in measured.dims else measured
+    both = np.intersect1d(predicted[time_dim].values, pm[time_dim].values)
+    for t in both[::-1]:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = pm.sel({time_dim: t}) / predicted.sel({time_dim: t})
+        if np.isfinite(r.values).any():
+            return int(t), r
+    return None, None
+
+
+def _ratio_text(r: xr.DataArray) -> str:
+    """'14× at width 32 … 100× at 512' (the narrowest and the widest finite)."""
+    v = r.values.astype(np.float64)
+    w = r.width.values
+    ok = np.flatnonzero(np.isfinite(v))
+    if not ok.size:
+        return "not measured"
+    first, last = ok[0], ok[-1]
+    one = f"{plain_number(float(f'{v[first]:.3g}'))}× at width {int(w[first])}"
+    if first == last:
+        return one
+    return f"{one} … {plain_number(float(f'{v[last]:.3g}'))}× at {int(w[last])}"
 
 
 @styled
@@ -352,50 +425,101 @@ def ntk_spectrum(
     task_power_init: xr.DataArray | None = None,
     labels: tuple[str, str] = ("final", "initial"),
     time_dim: str = "step",
+    measured_ensemble: xr.DataArray | None = None,
+    floor: float | None = None,
+    widths: Sequence[float] | None = None,
 ) -> Figure:
     """eNTK eigenvalues, cumulative task power C(k), and the gradient-flow loss (Fig. 10).
 
     ``eigenvalues`` and ``task_power`` (width, mode) of the seed-mean eNTK at one step
     (solid); ``*_init`` the same at an earlier step (dashed); ``labels`` name the two.
     ``predicted`` / ``measured`` (width, [seed,] time_dim): kernel gradient-flow
-    prediction (dashed) and the measured loss (solid); the view is clipped to four
+    prediction (dashed) and the measured loss (solid, seed mean);
+    ``measured_ensemble`` (width, time_dim): the loss of the seed-mean network (dotted:
+    the measured loss less the variance over seeds, which a flow of the seed-mean
+    kernel from the seed-mean output does not have); ``floor``: a loss no predictor
+    gets below on these points (e.g. the label-noise variance), a grey line. The legend
+    states measured / predicted at the last step both have, per width (narrowest and
+    widest), for the measured and the seed-mean loss. The view is clipped to four
     decades below the measured loss.
     """
-    widths = eigenvalues.width.values.tolist()
-    colors = width_colors(widths)
+    scale, colors = width_scale(widths, eigenvalues)
+    drawn = eigenvalues.width.values.tolist()
     ncols = 1 + (task_power is not None) + (predicted is not None)
-    fig, axes = new_figure(1, ncols)
+    fig, axes = new_figure(1, ncols, height=3.3 if predicted is not None else None)
     k = eigenvalues.mode.values
     ax_e = axes[0, 0]
     ax_c = axes[0, 1] if task_power is not None else None
-    for w in widths:
-        ax_e.plot(k, positive(eigenvalues.sel(width=w).values), color=colors[w])
+    for w in drawn:
+        gid = width_gid(w)
+        ax_e.plot(k, positive(eigenvalues.sel(width=w).values), color=colors[w], gid=gid)
         if eigenvalues_init is not None:
             ax_e.plot(
-                k, positive(eigenvalues_init.sel(width=w).values), color=colors[w], ls="--", lw=0.8
+                k,
+                positive(eigenvalues_init.sel(width=w).values),
+                color=colors[w],
+                ls="--",
+                lw=0.8,
+                gid=gid,
             )
         if ax_c is not None:
-            ax_c.plot(k, task_power.sel(width=w).values, color=colors[w])
+            ax_c.plot(k, task_power.sel(width=w).values, color=colors[w], gid=gid)
             if task_power_init is not None:
-                ax_c.plot(k, task_power_init.sel(width=w).values, color=colors[w], ls="--", lw=0.8)
+                ax_c.plot(
+                    k,
+                    task_power_init.sel(width=w).values,
+                    color=colors[w],
+                    ls="--",
+                    lw=0.8,
+                    gid=gid,
+                )
     style_axes(
-        ax_e, xlabel="rank k", ylabel="eigenvalue λ_k", title="eNTK spectrum", logx=True, logy=True
+        ax_e,
+        xlabel="rank $k$",
+        ylabel=r"eigenvalue $\lambda_k$",
+        title="eNTK spectrum",
+        logx=True,
+        logy=True,
     )
     if eigenvalues_init is not None:
-        ax_e.plot([], [], color="0.3", label=labels[0])
-        ax_e.plot([], [], color="0.3", ls="--", lw=0.8, label=labels[1])
-        ax_e.legend(loc="lower left")
+        place_legend(
+            ax_e,
+            [
+                Line2D([], [], color="0.3", label=labels[0]),
+                Line2D([], [], color="0.3", ls="--", lw=0.8, label=labels[1]),
+            ],
+        )
     if ax_c is not None:
-        style_axes(ax_c, xlabel="rank k", ylabel="C(k)", title="cumulative task power", logx=True)
+        style_axes(
+            ax_c, xlabel="rank $k$", ylabel="$C(k)$", title="cumulative task power", logx=True
+        )
         ax_c.set_ylim(0, 1.02)
+        if task_power_init is not None:
+            place_legend(
+                ax_c,
+                [
+                    Line2D([], [], color="0.3", label=labels[0]),
+                    Line2D([], [], color="0.3", ls="--", lw=0.8, label=labels[1]),
+                ],
+            )
     if predicted is not None:
         ax = axes[0, -1]
         width_lines(ax, predicted, time_dim, colors, logx=True, logy=True, ls="--", band=False)
+        handles = []
         if measured is not None:
             width_lines(ax, measured, time_dim, colors, logx=True, logy=True, band=False)
-            ax.plot([], [], color="0.3", label="measured")
-        ax.plot([], [], color="0.3", ls="--", label="gradient flow")
-        ax.legend(loc="lower left")
+            handles.append(Line2D([], [], color="0.3", label="measured (seed mean)"))
+        if measured_ensemble is not None:
+            width_lines(
+                ax, measured_ensemble, time_dim, colors, logx=True, logy=True, ls=":", band=False
+            )
+            handles.append(Line2D([], [], color="0.3", ls=":", label="seed-mean network"))
+        handles.append(Line2D([], [], color="0.3", ls="--", label="gradient flow"))
+        if floor is not None and np.isfinite(floor) and floor > 0:
+            ax.axhline(floor, color="0.5", lw=0.8, ls="-.")
+            handles.append(
+                Line2D([], [], color="0.5", lw=0.8, ls="-.", label=f"floor {plain_number(floor)}")
+            )
         style_axes(
             ax,
             xlabel=STEP,
@@ -404,9 +528,20 @@ def ntk_spectrum(
             logx=True,
             logy=True,
         )
+        title = None
         if measured is not None:
             low = np.nanmin(positive(measured.values))
             if np.isfinite(low):
                 ax.set_ylim(bottom=max(ax.get_ylim()[0], low / 1e4))
-    width_colorbar(fig, axes, widths)
+            t, ratio = flow_ratio(predicted, measured, time_dim)
+            if ratio is not None:
+                title = f"measured / predicted, step {t}:\n{_ratio_text(ratio)}"
+                if measured_ensemble is not None:
+                    _, er = flow_ratio(predicted, measured_ensemble, time_dim)
+                    if er is not None:
+                        title += f"\nseed-mean network: {_ratio_text(er)}"
+        place_legend(
+            ax, handles, title=title, title_fontsize=6.5, fontsize=6.5, ncols=2, columnspacing=1
+        )
+    width_colorbar(fig, axes, scale, ticks=drawn)
     return fig

@@ -2,7 +2,11 @@
 
 Grouped by module: curves over training (:mod:`~widthwise.report.fig_curves`), seed
 statistics and fits (:mod:`~widthwise.report.fig_fits`), representations
-(:mod:`~widthwise.report.fig_repr`), study overlays (:mod:`~widthwise.report.fig_compare`).
+(:mod:`~widthwise.report.fig_repr`), the consistency horizon
+(:mod:`~widthwise.report.fig_horizon`) and studies side by side
+(:mod:`~widthwise.report.fig_compare`). The shared look — the one width → colour map
+(:func:`width_colors`), log axes, legends placed off the data — is
+:mod:`~widthwise.report.style`.
 """
 
 from widthwise.report.fig_compare import overlay_curves, overlay_vs_width
@@ -13,14 +17,17 @@ from widthwise.report.fig_curves import (
     successive_differences,
 )
 from widthwise.report.fig_fits import bias_variance, coord_check, power_law, sharpness
+from widthwise.report.fig_horizon import horizon
 from widthwise.report.fig_repr import (
     attention_distance,
     attention_grid,
     kernel_distance,
     kernel_grid,
+    kernel_limit_distance,
     ntk_spectrum,
     preact_histograms,
 )
+from widthwise.report.style import width_colors
 
 __all__ = [
     "attention_distance",
@@ -28,8 +35,10 @@ __all__ = [
     "bias_variance",
     "coord_check",
     "distance_to_widest",
+    "horizon",
     "kernel_distance",
     "kernel_grid",
+    "kernel_limit_distance",
     "logit_trajectories",
     "loss_curves",
     "ntk_spectrum",
@@ -39,4 +48,5 @@ __all__ = [
     "preact_histograms",
     "sharpness",
     "successive_differences",
+    "width_colors",
 ]

@@ -224,6 +224,9 @@ def study_banner(ds: xr.Dataset) -> Banner | None:
         if state != "done":
             not_done.append(w)
             parts.append(f"reached step {step}{of}" if step >= 0 else "step reached unknown")
+        damage = str(ds["damage"].sel(width=w).item()) if "damage" in ds else ""
+        if damage:  # what is missing or damaged on disk (never shown as a clean "done")
+            parts.append(f"{damage}; `widthwise run` recomputes it")
         if diverged is not None:
             d = diverged.sel(width=w)
             dead = [(int(s), int(t)) for s, t in zip(d.seed.values, d.values) if t >= 0]

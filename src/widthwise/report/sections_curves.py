@@ -238,7 +238,7 @@ def loss_section(ds: xr.Dataset) -> Section | None:
     train = ds.train_loss if has(ds, "train_loss") else None
     test = ds.test_loss if has(ds, "test_loss") else None
     err = ds.test_error if has(ds, "test_error") else None
-    fig = fig_curves.loss_curves(train, test, err, loss_name=loss_label(ds))
+    fig = fig_curves.loss_curves(train, test, err, loss_name=loss_label(ds), widths=ds.width.values)
     sec = Section(
         id="loss",
         title="Loss curves",
@@ -324,7 +324,7 @@ def logits_section(ds: xr.Dataset) -> Section | None:
         target = ds.test_target.isel(output=0, drop=True).sel(point=pts)
     multi = ds.test_logits.sizes["output"] > 1
     what = "logit of the true class" if multi and "test_label" in ds else "network output"
-    fig = fig_curves.logit_trajectories(logits, target, ylabel=what)
+    fig = fig_curves.logit_trajectories(logits, target, ylabel=what, widths=ds.width.values)
     sec = Section(
         id="logits",
         title="Logit trajectories",
@@ -376,7 +376,7 @@ def distance_section(ds: xr.Dataset) -> Section | None:
         return None
     single = wa.scaled_rmse_to_widest(ds.test_logits).where(ok).sel(test_step=steps)
     ens = wa.scaled_rmse_to_widest(ds.test_logits, ensemble=True).where(ok).sel(test_step=steps)
-    fig = fig_curves.distance_to_widest(single, ens)
+    fig = fig_curves.distance_to_widest(single, ens, widths=ds.width.values)
     missing = [int(w) for w in ds.width.values if not bool(ok.sel(width=w, test_step=steps[-1]))]
     sec = Section(
         id="distance",
@@ -434,7 +434,7 @@ def successive_section(ds: xr.Dataset, tol: float = TOL) -> Section | None:
     diffs = successive_diff_arrays(ds)
     if not diffs:
         return None
-    fig = fig_curves.successive_differences(diffs, tol=tol)
+    fig = fig_curves.successive_differences(diffs, tol=tol, widths=ds.width.values)
     sec = Section(
         id="successive",
         title="Successive-width differences",
@@ -526,7 +526,9 @@ def bias_variance_section(ds: xr.Dataset) -> Section | None:
     curves = wa.bias_variance(ds.test_logits, target).where(reached(ds, "test_step"))
     final = curves.sel(test_step=step)
     sizes = wa.ensemble_size_curve(ds.test_logits.sel(test_step=step), target)
-    fig = fig_fits.bias_variance(final, curves, sizes, loss_name=loss_label(ds))
+    fig = fig_fits.bias_variance(
+        final, curves, sizes, loss_name=loss_label(ds), widths=ds.width.values
+    )
     sec = Section(
         id="bias_variance",
         title="Bias and variance over initialization",
@@ -620,7 +622,11 @@ def power_law_section(ds: xr.Dataset) -> Section | None:
         limit = wa.limit_curve(ds.test_loss.where(reached(ds, "test_step")))
         tables["limit_curve_test_loss"] = tidy(limit)
     fig = fig_fits.power_law(
-        fits, limit, ds.test_loss if limit is not None else None, loss_name=loss_label(ds)
+        fits,
+        limit,
+        ds.test_loss if limit is not None else None,
+        loss_name=loss_label(ds),
+        widths=ds.width.values,
     )
     return Section(
         id="power_law",

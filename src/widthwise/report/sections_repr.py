@@ -7,7 +7,7 @@ import numpy as np
 import xarray as xr
 
 from widthwise import analysis as wa
-from widthwise.report import fig_fits, fig_repr
+from widthwise.report import fig_curves, fig_fits, fig_repr
 from widthwise.report.section import FLAT, Panel, Section, has, loss_kind, spec_of, tidy
 from widthwise.report.style import slope_label
 
@@ -372,15 +372,23 @@ def kernels_section(ds: xr.Dataset) -> Section | None:
             align = wa.kernel_target_alignment(
                 _seed_mean(k), y, sample_dims=over, target_dims=target_dims
             )
-        fig = fig_repr.kernel_distance(frob, cka, align)
+        fig = fig_repr.kernel_distance(frob, cka, align, widths=ds.width.values)
         sec.text += " " + _kernel_summary(frob, cka)
+        few = fig_curves.sparse_probe(frob, "kernels_step")
         sec.panels.append(
             Panel(
                 "kernel_distance",
                 fig,
                 "Over training: relative Frobenius distance and CKA of each width's seed-mean "
-                "kernel to the widest's; linestyle: layer. CKA uses the "
-                "biased HSIC; alignment is centered kernel-target alignment.",
+                "kernel to the widest's; "
+                + (
+                    "markers at the "
+                    f"{len(fig_curves.recorded_steps(frob, 'kernels_step'))} recorded steps (nothing "
+                    "measured between them), marker: layer. "
+                    if few
+                    else "linestyle: layer. "
+                )
+                + "CKA uses the biased HSIC; alignment is centered kernel-target alignment.",
             )
         )
         sec.tables["kernel_frobenius_to_widest"] = tidy(frob)
@@ -573,7 +581,7 @@ def preacts_section(ds: xr.Dataset) -> Section | None:
         w1 = wa.wasserstein1_to_widest(
             ds.preact_hist, bin_dim="preacts_bin", edges=ds.preacts_edge, edge_dim="preacts_edge"
         )
-    fig = fig_repr.preact_histograms(final, w1, initial)
+    fig = fig_repr.preact_histograms(final, w1, initial, widths=ds.width.values)
     sec = Section(
         id="preacts",
         title="Preactivation distributions",
@@ -640,9 +648,14 @@ def attention_section(ds: xr.Dataset) -> Section | None:
         sec.panels.append(
             Panel(
                 "attention_distance",
-                fig_repr.attention_distance(tv),
+                fig_repr.attention_distance(tv, widths=ds.width.values),
                 "Total variation per query row, averaged over rows, heads and "
-                "probe sequences; linestyle: layer.",
+                "probe sequences; "
+                + (
+                    "marker: layer."
+                    if fig_curves.sparse_probe(tv, "attention_step")
+                    else "linestyle: layer."
+                ),
             )
         )
         sec.tables["attention_tv_to_widest"] = tidy(tv)
@@ -660,21 +673,22 @@ def sharpness_section(ds: xr.Dataset) -> Section | None:
     if adam and has(ds, "sharpness_precond"):
         var, b1 = "sharpness_precond", float(opt.get("betas", [0.9])[0])
         thr = (2 + 2 * b1) / (1 - b1)
-        thresholds = {f"(2 + 2β₁)/(1 − β₁) = {thr:.3g}": thr}
+        thresholds = {rf"$(2 + 2\beta_1)/(1 - \beta_1)$ = {thr:.3g}": thr}
         applies = ("(2 + 2β₁)/(1 − β₁)", thr)
         note = f" For Adam (β₁ = {b1:g}) this is the adaptive edge of stability."
-        ylabel, what = "top eigenvalue of P⁻¹H", "Adam-preconditioned Hessian"
+        ylabel, what = r"top eigenvalue of $P^{-1}H$", "Adam-preconditioned Hessian"
     elif has(ds, "sharpness_lr") or has(ds, "sharpness"):
         var = "sharpness_lr" if has(ds, "sharpness_lr") else "sharpness"
         thresholds = {}
         if not adam and np.isfinite(lr) and lr > 0:
-            thresholds[f"2/lr = {2 / lr:.3g}"] = 2 / lr
+            thresholds[rf"$2/\mathrm{{lr}}$ = {2 / lr:.3g}"] = 2 / lr
             applies = ("2/lr", 2 / lr)
             mom = float(opt.get("momentum") or 0)
             if mom > 0:
-                thresholds[f"(2 + 2β)/lr = {(2 + 2 * mom) / lr:.3g} (momentum β = {mom:g})"] = (
-                    2 + 2 * mom
-                ) / lr
+                thresholds[
+                    rf"$(2 + 2\beta)/\mathrm{{lr}}$ = {(2 + 2 * mom) / lr:.3g} "
+                    rf"(momentum $\beta$ = {mom:g})"
+                ] = (2 + 2 * mom) / lr
                 applies = ("(2 + 2β)/lr", (2 + 2 * mom) / lr)
                 note = (
                     f" With momentum β = {mom:g} the threshold that applies is (2 + 2β)/lr "
@@ -687,14 +701,19 @@ def sharpness_section(ds: xr.Dataset) -> Section | None:
             )
         else:
             note = "no learning rate in the spec"
-        ylabel = "top eigenvalue of Λ^½HΛ^½" if var == "sharpness_lr" else "top eigenvalue of H"
+        ylabel = (
+            r"top eigenvalue of $\Lambda^{1/2} H \Lambda^{1/2}$"
+            if var == "sharpness_lr"
+            else "top eigenvalue of $H$"
+        )
         what = (
             "Hessian weighted by per-tensor learning rates" if var == "sharpness_lr" else "Hessian"
         )
     else:
         return None
     top = ds[var].isel(sharpness_eig=0, drop=True)
-    fig = fig_fits.sharpness(top, thresholds, ylabel=ylabel)
+    fig = fig_fits.sharpness(top, thresholds, ylabel=ylabel, widths=ds.width.values)
+    few = fig_curves.sparse_probe(top, "sharpness_step")
     sched = spec.get("schedule", {}).get("name", "constant")
     plat = wa.plateau(top, fraction=PLATEAU_FRACTION, step_dim="sharpness_step")
     widths = plat.width.values.tolist()
@@ -734,7 +753,14 @@ def sharpness_section(ds: xr.Dataset) -> Section | None:
             Panel(
                 "sharpness",
                 fig,
-                "Lines: seed mean; bands: range over seeds; dashed red: stability thresholds.",
+                (
+                    "Markers: seed mean at each of the "
+                    f"{len(fig_curves.recorded_steps(top, 'sharpness_step'))} "
+                    "recorded steps (nothing is measured between them); bars: range over "
+                    "seeds; red: stability thresholds."
+                    if few
+                    else "Lines: seed mean; bands: range over seeds; red: stability thresholds."
+                ),
             )
         ],
         tables={
@@ -801,9 +827,15 @@ def ntk_section(ds: xr.Dataset) -> Section | None:
         sec.tables["ntk_task_power"] = tidy(ck_all)
         sec.text += " " + _task_power_summary(ck_all)
     predicted, measured, note = _gradient_flow(ds, eig, y, rows, m)
+    ensemble = floor = None
     if predicted is not None:
         sec.tables["ntk_gradient_flow"] = tidy(predicted)
         sec.tables["ntk_measured_loss"] = tidy(measured)
+        logits = ds.test_logits.isel(point=slice(0, m))
+        ensemble = wa.probe_loss(
+            logits.mean("seed", skipna=True), ds.test_target.isel(point=slice(0, m))
+        ).rename("loss")
+        floor = _noise_floor(ds)
     fig = fig_repr.ntk_spectrum(
         last["eigenvalue"],
         ck,
@@ -813,9 +845,17 @@ def ntk_section(ds: xr.Dataset) -> Section | None:
         task_power_init=ck_first,
         labels=(f"step {int(steps[-1])}", f"step {int(steps[0])}"),
         time_dim="test_step",
+        measured_ensemble=ensemble,
+        floor=floor,
+        widths=ds.width.values,
     )
     if predicted is not None:
-        note += " " + _flow_summary(predicted, measured)
+        note += (
+            " "
+            + _flow_summary(predicted, measured)
+            + " "
+            + _flow_gap(predicted, measured, ensemble, floor, m)
+        )
     sec.panels.append(Panel("ntk_spectrum", fig, note))
     return sec
 
@@ -875,6 +915,45 @@ def _flow_summary(predicted: xr.DataArray, measured: xr.DataArray) -> str:
         ratio = np.log10((pm.sel(test_step=t) / predicted.sel(test_step=t)).values)
     widths = pm.width.values.tolist()
     return f"log10(measured / predicted loss) at step {int(t)}: {per_width(widths, ratio)}."
+
+
+def _noise_floor(ds: xr.Dataset) -> float | None:
+    """The label-noise variance of a Gegenbauer stream (its ``noise`` is the std of the
+    Gaussian label noise): no predictor's mse on held-out points gets below it."""
+    data = spec_of(ds).get("data", {})
+    noise = float((data.get("options") or {}).get("noise") or 0.0)
+    return noise**2 if data.get("stream") == "gegenbauer" and noise > 0 else None
+
+
+def _flow_gap(predicted, measured, ensemble, floor, m: int) -> str:
+    """Why the gradient-flow prediction and the measured loss part, from the numbers:
+    the flow treats the M kernel points as its training set (it fits their targets,
+    label noise included), the network trains on the stream and never sees them; and
+    the part of the measured loss that is variance over seeds (measured − seed-mean
+    network), which the flow of the seed-mean kernel from the seed-mean output omits."""
+    t, ratio = fig_repr.flow_ratio(predicted, measured, "test_step")
+    if ratio is None:
+        return ""
+    text = (
+        f"The prediction is gradient flow with these {m} points as the training set: it "
+        "fits their targets (label noise included, where there is any) and so falls "
+        "without a floor, while "
+        "the network trains on the stream and never sees them (its loss on them is a "
+        "held-out loss)."
+    )
+    if ensemble is not None:
+        pm = measured.mean("seed", skipna=True).sel(test_step=t)
+        var = (pm - ensemble.sel(test_step=t)).values
+        text += (
+            " Dotted: the loss of the seed-mean network."
+            f" At step {t} the variance over seeds (measured − loss of the seed-mean "
+            f"network, which the flow of the seed-mean kernel omits) is "
+            f"{per_width(pm.width.values, var)}, of a measured loss of "
+            f"{span(pm.values)}."
+        )
+    if floor is not None:
+        text += f" The label-noise variance {fmt(floor)} is drawn as the floor."
+    return text
 
 
 def _gradient_flow(ds, eig, y, rows, m):
