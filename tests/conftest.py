@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -73,3 +74,45 @@ def single_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+QUICK_ELSEWHERE = {
+    "test_store.py": (
+        "test_open_study_dims_and_coords",
+        "test_open_study_values_are_consistent",
+        "test_open_study_attrs",
+        "test_manifest_and_stored_spec",
+        "test_torn_last_scalar_line_is_skipped",
+        "test_open_study_refuses_non_study",
+        "test_different_spec_same_dir_refused",
+    ),
+}
+"""Tests marked ``quick`` from here rather than in their module (``pytest -m quick``: a
+fast subset covering every module's basics; the other modules mark themselves)."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        names = QUICK_ELSEWHERE.get(item.path.name, ())
+        if getattr(item, "originalname", item.name) in names:
+            item.add_marker(pytest.mark.quick)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def user_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The user cache (calibration, shown horizons) in a temporary directory for the
+    whole session, subprocesses included: tests never read or write ~/.cache."""
+    path = tmp_path_factory.mktemp("user_cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WIDTHWISE_CACHE_DIR", str(path))
+        yield path
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_ray() -> Iterator[None]:
+    """Shut down a Ray instance a test left running (e.g. one that failed before the
+    executor's own shutdown), so pytest never hangs at exit on a Ray session."""
+    yield
+    ray = sys.modules.get("ray")
+    if ray is not None and getattr(ray, "is_initialized", lambda: False)():
+        ray.shutdown()

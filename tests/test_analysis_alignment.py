@@ -8,6 +8,8 @@ import xarray as xr
 
 from widthwise.analysis import AnalysisError, kernel_target_alignment
 
+pytestmark = pytest.mark.quick
+
 DIMS = ("i", "j")
 
 

@@ -11,6 +11,8 @@ import xarray as xr
 
 from widthwise.analysis import AnalysisError, bias_variance, ensemble_size_curve, probe_loss
 
+pytestmark = pytest.mark.quick
+
 NAN = np.nan
 
 

@@ -8,6 +8,8 @@ import xarray as xr
 
 from widthwise.analysis import AnalysisError, consistency_verdict, successive_differences
 
+pytestmark = pytest.mark.quick
+
 WIDTHS = [8, 16, 32, 64, 128]
 
 

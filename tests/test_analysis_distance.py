@@ -14,6 +14,8 @@ from widthwise.analysis import (
     scaled_rmse_to_widest,
 )
 
+pytestmark = pytest.mark.quick
+
 WIDTHS = [16, 64, 32]  # deliberately unsorted: the widest is found by coordinate
 
 

@@ -10,6 +10,8 @@ from widthwise.analysis import AnalysisError
 from widthwise.analysis.horizon import consistency_horizon, consistent_width, horizon_sentence
 from widthwise.analysis.verdict import loss_gap_to_widest, successive_gap, verdict
 
+pytestmark = pytest.mark.quick
+
 WIDTHS = [64, 128, 256, 512, 1024]
 STEPS = np.arange(0, 400, 2)  # recorded every 2 steps: horizons are step values, not indices
 AGREE_UNTIL = {64: -1, 128: 50, 256: 180, 512: 398}

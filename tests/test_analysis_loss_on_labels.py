@@ -22,7 +22,7 @@ from widthwise.errors import SpecError, UserError
 from widthwise.losses import IGNORE_INDEX
 from widthwise.report.section import flatten_samples, loss_kind, target_of
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = [pytest.mark.quick, pytest.mark.usefixtures("single_thread")]
 
 RTOL = 1e-6
 TRANSFORMER = {"family": "transformer", "options": {"depth": 1, "heads": 2}}

@@ -17,6 +17,8 @@ from widthwise.analysis import (
     sgd_flow_rate,
 )
 
+pytestmark = pytest.mark.quick
+
 DIMS = ("i", "j")
 M = 6
 LAM = np.array([5.0, 3.0, 2.0, 1.0, 0.5, 0.1])

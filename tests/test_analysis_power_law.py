@@ -15,6 +15,8 @@ from widthwise.analysis import (
 )
 from widthwise.analysis.power_law import _nnls2
 
+pytestmark = pytest.mark.quick
+
 WIDTHS = np.array([16, 32, 64, 128, 256, 512, 1024], dtype=float)
 A, B, C = 3.0, 0.7, 0.2
 

@@ -19,6 +19,8 @@ from widthwise.analysis import (
     wasserstein1_to_widest,
 )
 
+pytestmark = pytest.mark.quick
+
 DIMS = ("kernels_point_i", "kernels_point_j")
 
 

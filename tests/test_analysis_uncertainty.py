@@ -14,6 +14,8 @@ from widthwise.analysis.uncertainty import (
     standard_error_interval,
 )
 
+pytestmark = pytest.mark.quick
+
 
 def _seed_mean(x: xr.DataArray) -> xr.DataArray:
     return x.mean("seed")

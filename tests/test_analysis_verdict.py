@@ -20,6 +20,8 @@ from widthwise.analysis.verdict import (
     width_slope,
 )
 
+pytestmark = pytest.mark.quick
+
 WIDTHS = [64, 128, 256, 512, 1024]
 
 

@@ -18,6 +18,8 @@ from widthwise import __version__
 from widthwise.cli import main
 from widthwise.store import WidthDir
 
+pytestmark = pytest.mark.quick
+
 
 @pytest.fixture
 def finished(tmp_path: Path) -> Path:

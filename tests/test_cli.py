@@ -52,6 +52,7 @@ def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
     return err[0]
 
 
+@pytest.mark.quick
 def test_list_shows_bundled_specs(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["list"]) == 0
     out = capsys.readouterr().out
@@ -69,6 +70,7 @@ def expected_cells(ds: Any, i: int) -> tuple[str, str]:
     return f"{tail.mean():.3g} ± {tail.std():.1g}", f"{test.mean():.3g} ± {test.std():.1g}"
 
 
+@pytest.mark.quick
 def test_run_then_show(tiny_spec, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     spec = tiny_spec(out=str(tmp_path / "ignored"))
     out = tmp_path / "from_flag"
@@ -200,6 +202,7 @@ def test_coord_check_prints_a_table(tiny_spec, capsys: pytest.CaptureFixture[str
         "steps_not_int",
     ],
 )
+@pytest.mark.quick
 def test_usage_errors(
     tiny_spec, argv: list[str], needles: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -212,6 +215,7 @@ def test_usage_errors(
     assert not (spec.parent / "study").exists()
 
 
+@pytest.mark.quick
 def test_show_missing_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["show", str(tmp_path / "nope")]) == 2
     assert str(tmp_path / "nope") in one_error_line(capsys)
@@ -228,6 +232,7 @@ def test_unavailable_device_is_a_user_error(
     assert not (spec.parent / "study").exists()
 
 
+@pytest.mark.quick
 def test_subcommand_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["run", "--help"])

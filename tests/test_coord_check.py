@@ -25,6 +25,8 @@ import xarray as xr
 from widthwise.coordinate_check import coord_check
 from widthwise.spec import validate_spec
 
+pytestmark = pytest.mark.quick
+
 WIDTHS = [64, 128, 256, 512, 1024]
 
 

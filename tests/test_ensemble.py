@@ -20,6 +20,8 @@ from widthwise.spec import StudySpec, validate_spec
 from widthwise.streams import STREAMS
 from widthwise.trainer import EnsembleTrainer
 
+pytestmark = pytest.mark.quick
+
 CPU = torch.device("cpu")
 RTOL, ATOL = 1e-5, 1e-6
 SGD = {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-3}

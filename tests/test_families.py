@@ -244,6 +244,7 @@ def tokens(n: int, seed: int = 0) -> torch.Tensor:
 
 
 # -- structure: roles, shapes, taps ------------------------------------------------------
+@pytest.mark.quick
 def test_cnn_roles_shapes_and_taps() -> None:
     net = build("cnn", 16)
     roles = {p.name: (p.role, p.shape, p.fan_in) for p in net.params}
@@ -300,6 +301,7 @@ def test_cnn_option_errors() -> None:
         FAMILIES.get("cnn")(8, (10,), 2, FAMILIES.validate_options("cnn", {}))
 
 
+@pytest.mark.quick
 def test_resnet18_ln_is_resnet18() -> None:
     """Width 64 on 32×32×3 with 10 classes has exactly ResNet-18's 11,173,962 parameters
     (torchvision's CIFAR variant; each LayerNorm has as many gains and biases as the
@@ -349,6 +351,7 @@ def test_resnet_layer_norm_never_mixes_examples(norm: str) -> None:
         assert taps[f"preact/{layer}"].shape == (6, c)
 
 
+@pytest.mark.quick
 def test_transformer_roles_shapes_and_taps() -> None:
     net = build("transformer", 16)
     p = {s.name: s for s in net.params}
@@ -486,6 +489,7 @@ def test_network_rules_reach_only_families_that_declare_them() -> None:
     assert mlp.family == "mlp"
 
 
+@pytest.mark.quick
 def test_stackable_is_a_capability_the_network_declares() -> None:
     """Only the MLP runs on stacked weights; ``auto`` takes vmap for any stackable
     network on a CPU, whatever its family's name."""
@@ -534,6 +538,7 @@ def test_query_zero_init_gives_uniform_attention_at_init() -> None:
 
 
 @pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.quick
 def test_causal_mask_prevents_looking_ahead(causal: bool) -> None:
     net = build("transformer", 16, causal=causal, depth=2)
     w = member_weights(net)

@@ -13,6 +13,7 @@ from widthwise.errors import SpecError
 from widthwise.overrides import apply_overrides, parse_set, parse_widths
 
 
+@pytest.mark.quick
 def test_parse_set_reads_yaml_values() -> None:
     assert parse_set("optimizer.lr=0.05") == (["optimizer", "lr"], 0.05)
     assert parse_set("widths=[64, 128]") == (["widths"], [64, 128])
@@ -23,6 +24,7 @@ def test_parse_set_reads_yaml_values() -> None:
             parse_set(bad)
 
 
+@pytest.mark.quick
 def test_apply_overrides_copies_and_expands_names() -> None:
     raw = {"parameterization": "mup", "optimizer": {"name": "sgd", "lr": 0.1}, "steps": 5}
     out = apply_overrides(
@@ -55,6 +57,7 @@ def test_cli_overrides_are_recorded_in_the_study(tmp_path: Path) -> None:
     assert main([*argv, "--set", "optimizer.lr=0.07"]) == 2
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize(
     ("flags", "needle"),
     [

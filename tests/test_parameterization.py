@@ -30,6 +30,8 @@ from widthwise.spec import validate_spec
 from widthwise.streams import STREAMS
 from widthwise.trainer import EnsembleTrainer
 
+pytestmark = pytest.mark.quick
+
 D_IN = 16
 
 

@@ -32,6 +32,8 @@ from widthwise.spec import (
 )
 from widthwise.trackers import TRACKERS
 
+pytestmark = pytest.mark.quick
+
 
 def set_key(path: str, value: Any) -> Callable[[dict], dict]:
     def mutate(spec: dict) -> dict:

@@ -13,6 +13,8 @@ from scipy.special import eval_gegenbauer
 from widthwise.streams import STREAMS, rng_for
 from widthwise.streams.gegenbauer import GegenbauerStream, gegenbauer_norm2
 
+pytestmark = pytest.mark.quick
+
 
 def gegenbauer(seed: int = 0, **options) -> GegenbauerStream:
     reg = STREAMS

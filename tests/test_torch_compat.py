@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from widthwise.torch_compat import is_functorch_wrapped, torch_function_mode_active
+
+pytestmark = pytest.mark.quick
 
 
 class _Record(TorchFunctionMode):

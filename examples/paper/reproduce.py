@@ -1,16 +1,17 @@
 """Reproduce the paper's claims at laptop scale and write docs/reproduction.md's numbers.
 
-    python examples/paper/reproduce.py                       # every claim, full specs
+    python examples/paper/reproduce.py                       # every claim
     python examples/paper/reproduce.py --claims C1 C3        # some claims
-    python examples/paper/reproduce.py --runs /tmp/paper_runs --reduced
+    python examples/paper/reproduce.py --runs /tmp/paper_runs --no-doc
 
 Each claim's specs (examples/paper/c*.yaml) are run with widthwise into ``--runs``
 (resumable: finished studies are skipped and their recorded wall time reused), the
-claim's numbers are computed with ``widthwise.analysis`` from ``widthwise.open_study``,
-its figures are drawn with widthwise's report figure functions into docs/img/repro/,
-and the verdict follows from the checks in ``claims.py``. Full runs replace the
-generated block of docs/reproduction.md (between the BEGIN/END GENERATED markers);
-``--reduced`` runs only print.
+claim's statistics are computed with seed-bootstrap intervals (``checks.py``) from
+``widthwise.open_study``, its figures are drawn with widthwise's report figure
+functions into docs/img/repro/, and the verdict follows from the checks in
+``claims.py``. The generated block of docs/reproduction.md (between the BEGIN/END
+GENERATED markers) is replaced unless ``--no-doc``. A claim whose data set is not
+installed is skipped with one line naming what to install; the others still run.
 """
 
 from __future__ import annotations
@@ -61,11 +62,17 @@ def claim_markdown(res: ClaimResult) -> str:
         f"{n}: {'not recorded' if w is None else f'{w:.0f} s'}" for n, w in res.wall_s.items()
     )
     lines += ["", f"Wall time (2-core shared CPU, `widthwise run`): {walls}.", ""]
-    lines += ["| check | measured | passed |", "|---|---|---|"]
     lines += [
-        f"| {cell(k.text)} | {cell(k.value)} | {'yes' if k.passed else '**no**'} |"
+        "| check | measured: estimate [95 % interval over seeds] | result | margin |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {cell(k.text)} | {cell(k.value)} | {k.result if k.passed else f'**{k.result}**'} "
+        f"| {cell(k.margin)} |"
         for k in res.checks
     ]
+    if c.scale_note:
+        lines += ["", f"**Why not at this scale:** {c.scale_note}"]
     failed = [k.text for k in res.checks if not k.passed]
     why = (
         "every check passes"
@@ -86,6 +93,8 @@ def summary_row(r: ClaimResult) -> str:
     walls = [w for w in r.wall_s.values() if w is not None]
     wall = " + ".join(f"{w:.0f} s" for w in walls) if walls else "not recorded"
     n = sum(k.passed for k in r.checks)
+    if r.skipped:
+        return f"| {r.claim.id} | {r.claim.title} | {r.claim.paper} | {r.verdict} | - | - |"
     return (
         f"| {r.claim.id} | {r.claim.title} | {r.claim.paper} | **{r.verdict}** | "
         f"{n}/{len(r.checks)} | {wall} |"
@@ -138,18 +147,20 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--claims", nargs="+", default=list(CLAIMS), choices=list(CLAIMS))
     ap.add_argument("--runs", type=Path, default=Path("/tmp/paper_runs"))
-    ap.add_argument("--reduced", action="store_true", help="shrunk studies (as pytest -m repro)")
+    ap.add_argument("--no-doc", action="store_true", help="print only; leave the docs alone")
     args = ap.parse_args(argv)
-    runs = args.runs / "reduced" if args.reduced else args.runs
     results = []
     for cid in args.claims:
-        res = run_claim(cid, runs, reduced=args.reduced, figures_dir=None if args.reduced else IMG)
+        res = run_claim(cid, args.runs, figures_dir=None if args.no_doc else IMG)
+        if res.skipped:
+            print(f"{cid}: skipped: {res.skipped}", file=sys.stderr)
+            continue
         results.append(res)
         print(f"{cid}: {res.verdict}")
         for k in res.checks:
-            print(f"  [{'x' if k.passed else ' '}] {k.text}: {k.value}")
+            print(f"  [{k.result}] {k.text}: {k.value} ({k.margin})")
     print(summary_table([claim_markdown(r) for r in results]))
-    if not args.reduced:
+    if results and not args.no_doc:
         write_doc(results)
         print(f"wrote {DOC}")
     return 0

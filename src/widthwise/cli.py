@@ -3,6 +3,10 @@
 Exit codes: 0 success; 2 bad input (one line on stderr naming what is wrong, no
 traceback); 130 interrupted by Ctrl-C, 143 stopped by SIGTERM (either way the run
 resumes where its last checkpoint left it).
+
+``--help``, ``--version``, ``list`` and ``show`` import neither torch nor xarray
+(each command imports what it needs when it starts: :data:`COMMAND_MODULES`), so
+they answer at once; docs/cli.md.
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from widthwise.errors import UserError
@@ -26,6 +30,39 @@ from widthwise.errors import UserError
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
 EXIT_TERMINATED = 143  # 128 + SIGTERM
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: stdout's reader went away
+
+
+PIPE_WIDTH = 200
+"""Columns of output that goes to a file or a pipe (not a terminal) when ``COLUMNS`` is
+not set: wide enough that tables and paths are not wrapped at rich's default of 80."""
+
+
+def make_console(*, stderr: bool = False) -> Console:
+    """A rich Console for stdout (or stderr): ``COLUMNS`` wide when that is set, the
+    terminal's width on a terminal, else :data:`PIPE_WIDTH` (logs, pipes, CI)."""
+    stream = sys.stderr if stderr else sys.stdout
+    columns = os.environ.get("COLUMNS", "")
+    width: int | None = None
+    if columns.isdigit() and int(columns) > 0:
+        width = int(columns)
+    elif not (hasattr(stream, "isatty") and stream.isatty()):
+        width = PIPE_WIDTH
+    return Console(stderr=stderr, width=width)
+
+
+def version_text() -> str:
+    """``widthwise X.Y.Z``: the installed distribution's version (``widthwise.__version__``
+    when it is not installed)."""
+    import importlib.metadata
+
+    import widthwise
+
+    try:
+        version = importlib.metadata.version("widthwise")
+    except importlib.metadata.PackageNotFoundError:
+        version = widthwise.__version__
+    return f"widthwise {version}"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -70,41 +107,57 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
         print(dry_run(spec, trusted_imports=args.imports))
         return 0
     console.print(
-        f"[bold]{spec.name}[/]: {spec.model.family} × {spec.parameterization.name}, "
-        f"widths {spec.widths}, {len(spec.seed_list)} seeds, {spec.steps} steps → {spec.out_dir()}"
-        + (f" (executor {spec.executor.name})" if spec.executor.name != "local" else "")
+        f"[bold]{escape(spec.name)}[/]: {spec.model.family} × {spec.parameterization.name}, "
+        f"widths {spec.widths}, {len(spec.seed_list)} seeds, {spec.steps} steps → "
+        f"{escape(str(spec.out_dir()))}"
+        + (f" (executor {spec.executor.name})" if spec.executor.name != "local" else ""),
+        soft_wrap=True,
     )
+
+    def print_estimate(line: str) -> None:
+        console.print(escape(line), soft_wrap=True, highlight=False)
+
     out = run(
         spec,
         progress=not args.quiet,
-        console=Console(stderr=True),
+        console=make_console(stderr=True),
         allow_code=args.allow_code,
         trusted_imports=args.imports,
+        estimate=None if args.quiet else print_estimate,
     )
     from widthwise.show import print_show
 
     print_show(out, console)
-    console.print(f"Results in [bold]{out}[/]  (Python: widthwise.open_study({str(out)!r}))")
+    console.print(
+        f"Results in [bold]{escape(str(out))}[/]  (Python: widthwise.open_study({str(out)!r}))",
+        soft_wrap=True,
+    )
     return 0
 
 
-def _cmd_show(args: argparse.Namespace, console: Console) -> int:
-    from widthwise.show import print_show
+def _print_json(data: object) -> None:
+    import json
 
-    print_show(Path(args.dir), console)
+    print(json.dumps(data, indent=1, allow_nan=False))
+
+
+def _cmd_show(args: argparse.Namespace, console: Console) -> int:
+    from widthwise.show import print_show, show_data
+
+    if args.json:
+        _print_json(show_data(Path(args.dir)))
+    else:
+        print_show(Path(args.dir), console, quiet=args.quiet)
     return 0
 
 
 def _cmd_list(args: argparse.Namespace, console: Console) -> int:
-    from widthwise.spec import bundled_specs
+    from widthwise.listing import list_data, print_list
 
-    table = Table(title="bundled studies (widthwise run NAME)")
-    table.add_column("name", style="bold")
-    table.add_column("description")
-    for name, path in bundled_specs().items():
-        raw = yaml.safe_load(path.read_text()) or {}
-        table.add_row(name, str(raw.get("description", "")).strip().split("\n")[0])
-    console.print(table)
+    if args.json:
+        _print_json(list_data())
+    else:
+        print_list(console, quiet=args.quiet)
     return 0
 
 
@@ -180,14 +233,25 @@ def _add_import_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_output_flags(parser: argparse.ArgumentParser, *, quiet: str) -> None:
+    out = parser.add_mutually_exclusive_group()
+    out.add_argument("--quiet", action="store_true", help=quiet)
+    out.add_argument(
+        "--json", action="store_true", help="machine-readable JSON on stdout (docs/cli.md)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="widthwise", description="Width-consistency studies of neural networks.")
+    p.add_argument(
+        "--version", action="version", version=version_text(), help="print the version and exit"
+    )
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
     r = sub.add_parser("run", help="run or resume a study (a YAML spec or a bundled name)")
     r.add_argument("spec", help="path to a study YAML, or a bundled name (widthwise list)")
     r.add_argument("--out", type=_non_empty, help="study directory (default: runs/<name>)")
     r.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the spec's)")
-    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--quiet", action="store_true", help="no progress bar and no time estimate")
     r.add_argument(
         "--executor", help="local, processes, ray or slurm (default: the spec's executor.name)"
     )
@@ -223,9 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_import_flag(r)
     r.set_defaults(fn=_cmd_run)
     s = sub.add_parser("show", help="per-width table of a study directory")
-    s.add_argument("dir")
+    s.add_argument("dir", help="study directory")
+    _add_output_flags(s, quiet="only the final line (widths done)")
     s.set_defaults(fn=_cmd_show)
-    ls = sub.add_parser("list", help="bundled example studies")
+    ls = sub.add_parser(
+        "list", help="bundled example studies: cost, estimated time, data files needed"
+    )
+    _add_output_flags(ls, quiet="only the names, one per line")
     ls.set_defaults(fn=_cmd_list)
     c = sub.add_parser("coord-check", help="activation size vs width over the first steps")
     c.add_argument("spec")
@@ -280,7 +348,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 COMMAND_MODULES = {
     "run": ("widthwise.study", "widthwise.show", "widthwise.job"),
     "show": ("widthwise.show",),
-    "list": ("widthwise.spec",),
+    "list": ("widthwise.listing",),
     "coord-check": ("widthwise.coordinate_check", "widthwise.spec"),
     "report": ("widthwise.report",),
     "compare": ("widthwise.report",),
@@ -328,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     try:
-        console = Console()
+        console = make_console()
         parser = build_parser()
         # unknown flags are named even when the command is missing (parse_args would
         # only say "a command is required")
@@ -347,6 +415,11 @@ def _main(argv: Sequence[str] | None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt as err:
         return _interrupted(err)
+    except BrokenPipeError:  # e.g. `widthwise list --json | head`: the reader left
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes
+        return EXIT_BROKEN_PIPE
 
 
 def _interrupted(err: KeyboardInterrupt) -> int:

@@ -21,7 +21,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SHARED_DIMS = ("width", "seed", "step", "point", "position", "output", "head", "query", "key")
+SHARED_DIMS = (
+    "width",
+    "seed",
+    "step",
+    "point",
+    "position",
+    "output",
+    "head",
+    "query",
+    "key",
+    "probe",
+)
 """Dims without a probe prefix: the same meaning (and size) wherever they appear."""
 
 ROLES = {

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from widthwise.cost import format_bytes
 from widthwise.errors import UserError
 
 if TYPE_CHECKING:
@@ -88,18 +89,6 @@ def estimate_bytes(spec: StudySpec, width: int, *, stream: Stream | None = None)
         "state": state,
         "total": state + activations + probes,
     }
-
-
-def format_bytes(n: float) -> str:
-    """``3.2 TB``, ``22 GB``, ``640 kB`` (powers of 1000)."""
-    units = ("B", "kB", "MB", "GB", "TB", "PB", "EB")
-    for unit in units:
-        if n < 1000 or unit == units[-1]:
-            break
-        n /= 1000
-    if unit == "B":
-        return f"{int(n)} B"
-    return f"{n:.2g} {unit}" if n < 10 else f"{n:.0f} {unit}"
 
 
 def _meminfo_available() -> int | None:

@@ -13,7 +13,7 @@ counts the results are the same bit for bit whichever executor ran each part.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -40,6 +40,7 @@ from widthwise.spec import (
     refuse_code,
 )
 from widthwise.store.lock import busy_message, lock_holder
+from widthwise.store.records import width_damage
 from widthwise.store.study_dir import StudyDir
 
 POLL_S = 0.5
@@ -53,16 +54,19 @@ class WidthPlan:
     """What a run of the study will do with one width."""
 
     width: int
-    action: Literal["run", "resume", "skip"]
+    action: Literal["run", "resume", "repair", "skip"]
     step: int
     """Steps the width had reached (0 for a new width)."""
     holder: dict[str, Any] | None
     """The live writer of the width directory, if any."""
+    damage: str = ""
+    """``repair``: what its status says was logged but is missing or damaged on disk."""
 
     def describe(self, steps: int) -> str:
         text = {
             "skip": "skip (done)",
             "resume": f"resume from its last checkpoint ({self.step} of {steps} steps reached)",
+            "repair": f"repair (done, but {self.damage}): recompute what is missing",
             "run": f"run ({steps} steps)",
         }[self.action]
         if self.holder:
@@ -71,20 +75,33 @@ class WidthPlan:
 
 
 def plan_widths(spec: StudySpec, study: StudyDir) -> list[WidthPlan]:
-    """Skip, resume or run for every width, from the study directory as it stands."""
+    """Skip, resume, repair or run for every width, from the study directory as it stands.
+
+    A width whose status says done is skipped only if everything it says it logged is on
+    disk intact (:func:`widthwise.store.records.width_damage`); otherwise it is repaired:
+    its job recomputes what is missing (from its last checkpoint when nothing before it
+    is missing, else from step 0).
+    """
     plans = []
     for width in spec.widths:
         wd = study.width_dir(width)
         status = wd.read_status()
+        damage = ""
         if status.get("state") == "done":
-            action: Literal["run", "resume", "skip"] = "skip"
+            found = width_damage(wd.path, len(spec.seed_list), status)
+            damage = found.describe() if found else ""
+            action: Literal["run", "resume", "repair", "skip"] = "repair" if damage else "skip"
         elif wd.has_checkpoint():
             action = "resume"
         else:
             action = "run"
-        step = int(status.get("step", 0)) if action != "run" else 0
-        plans.append(WidthPlan(width, action, step, lock_holder(wd.path)))
+        step = _int(status.get("step")) if action != "run" else 0
+        plans.append(WidthPlan(width, action, step, lock_holder(wd.path), damage))
     return plans
+
+
+def _int(value: Any) -> int:
+    return value if type(value) is int and value >= 0 else 0
 
 
 def _refuse_busy(study: StudyDir, plans: Sequence[WidthPlan]) -> None:
@@ -178,6 +195,7 @@ def run(
     console: Console | None = None,
     allow_code: bool = False,
     trusted_imports: Sequence[str] = (),
+    estimate: Callable[[str], None] | None = None,
 ) -> Path:
     """Run (or resume) a study; returns its directory.
 
@@ -194,6 +212,8 @@ def run(
     ``executor`` mapping given here, and ``trusted_imports`` (the command line's
     ``--import``), are the caller's own and always allowed. A widest width that
     cannot fit in this machine's memory is refused before anything is written.
+    ``estimate``, if given, is called with one line, the estimated time of the widths
+    still to run (:mod:`widthwise.cost`), before the first of them starts.
     """
     from_spec = executor is None or isinstance(executor, str)  # else the caller's own mapping
     spec = _resolve_spec(spec, out, device, executor)
@@ -208,39 +228,42 @@ def run(
         check_resources(spec, stream, parallel=getattr(options, "workers", 1))
     probe_set: tuple[np.ndarray, np.ndarray] = stream.probe_set(spec.data.probe_points)
     study = StudyDir(spec.out_dir())
-    study.prepare(spec, spec.hash(), probe_set, stream.describe())
-    plans = plan_widths(spec, study)
-    _refuse_busy(study, plans)
-    todo = [p.width for p in plans if p.action != "skip"]
-    context = ExecutorContext(study_path=study.path.absolute(), name=spec.name, runs=len(todo))
-    pool = cls(options, context)
-    jobs = width_jobs(spec, study, todo, pool)
-    results: dict[int, dict[str, Any]] = {}
-    try:
-        with study_progress(progress, console) as bars:
-            for p in plans:
-                if p.action == "skip":
-                    wd = study.width_dir(p.width)
-                    bars.finished(p.width, spec.steps, last_train_loss(wd.path))
-                    results[p.width] = wd.read_status()
-            if pool.in_process:  # live progress; the first failure stops the study
-                for job in jobs:
-                    on_step = bars.for_width(job.width, spec.steps)
-                    result = pool.submit(run_job, job, on_step).result()
-                    results[job.width] = raise_if_error(result)
-            elif jobs:
-                results.update(_run_elsewhere(spec, study, jobs, pool, bars))
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown()
-    if spec.trackers:  # mirror what is final, even when a width failed (never raises)
-        from widthwise.trackers import mirror_scalars
+    with study.writing():  # one `widthwise run` per study directory: a second is refused
+        study.prepare(spec, spec.hash(), probe_set, stream.describe())
+        plans = plan_widths(spec, study)
+        _refuse_busy(study, plans)
+        todo = [p.width for p in plans if p.action != "skip"]
+        context = ExecutorContext(study_path=study.path.absolute(), name=spec.name, runs=len(todo))
+        pool = cls(options, context)
+        jobs = width_jobs(spec, study, todo, pool)
+        if estimate is not None and todo:
+            estimate(_time_line(spec, plans, pool, stream))
+        results: dict[int, dict[str, Any]] = {}
+        try:
+            with study_progress(progress, console) as bars:
+                for p in plans:
+                    if p.action == "skip":
+                        wd = study.width_dir(p.width)
+                        bars.finished(p.width, spec.steps, last_train_loss(wd.path))
+                        results[p.width] = wd.read_status()
+                if pool.in_process:  # live progress; the first failure stops the study
+                    for job in jobs:
+                        on_step = bars.for_width(job.width, spec.steps)
+                        result = pool.submit(run_job, job, on_step).result()
+                        results[job.width] = raise_if_error(result)
+                elif jobs:
+                    results.update(_run_elsewhere(spec, study, jobs, pool, bars))
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
+        if spec.trackers:  # mirror what is final, even when a width failed (never raises)
+            from widthwise.trackers import mirror_scalars
 
-        mirror_scalars(study.path)
-    failed = [w for w in spec.widths if results.get(w, {}).get("state") != "done"]
-    if failed:
-        raise StoreError(f"widths {failed} did not finish; run the study again to resume them")
+            mirror_scalars(study.path)
+        failed = [w for w in spec.widths if results.get(w, {}).get("state") != "done"]
+        if failed:
+            raise StoreError(f"widths {failed} did not finish; run the study again to resume them")
     return study.path
 
 
@@ -310,12 +333,54 @@ def _run_elsewhere(
     return results
 
 
-def _estimate_lines(spec: StudySpec, trusted_imports: Sequence[str]) -> list[str]:
-    """The memory estimate (:mod:`widthwise.resources`) and the keys that run code."""
+def _left(spec: StudySpec, plans: Sequence[WidthPlan]) -> dict[int, float]:
+    """Share of each width's steps still to run."""
+    steps = max(spec.steps, 1)
+    return {p.width: 0.0 if p.action == "skip" else 1 - p.step / steps for p in plans}
+
+
+def _time_line(
+    spec: StudySpec,
+    plans: Sequence[WidthPlan],
+    pool: WidthExecutor,
+    stream: Any = None,
+    *,
+    per_width: bool = False,
+) -> str:
+    """The time estimate of the widths still to run (:mod:`widthwise.cost`); never raises
+    (a family that cannot be counted on torch's meta device gets "no estimate")."""
+    from widthwise.cost import estimate
+
+    try:
+        est = estimate(
+            spec,
+            threads=pool.threads_per_run(),
+            parallel=getattr(pool.options, "workers", 1) or 1,
+            same_host=type(pool).same_host,
+            stream=stream,
+            left=_left(spec, plans),
+        )
+    except UserError as err:  # e.g. a data file that is not there yet
+        return f"time: no estimate ({err})"
+    except Exception as err:  # noqa: BLE001  (an estimate never stops a run)
+        return f"time: no estimate ({type(err).__name__}: {' '.join(str(err).split())[:200]})"
+    return "\n".join([*(est.width_lines() if per_width else []), est.line()])
+
+
+def _estimate_lines(
+    spec: StudySpec,
+    trusted_imports: Sequence[str],
+    plans: Sequence[WidthPlan] = (),
+    pool: WidthExecutor | None = None,
+) -> list[str]:
+    """The memory and time estimates (:mod:`widthwise.resources`, :mod:`widthwise.cost`)
+    and the keys that run code."""
     try:
         lines = describe_resources(spec)
     except UserError as err:  # e.g. a data file that is not there yet
         lines = [f"memory: no estimate ({err})"]
+    if pool is not None and any(p.action != "skip" for p in plans):
+        lines += _time_line(spec, plans, pool, per_width=True).split("\n")
     code = code_in_spec(spec, trusted_imports)
     if code:
         lines.append("runs code (widthwise run needs --allow-code): " + "; ".join(code))
@@ -353,7 +418,7 @@ def dry_run(
         f"({len(todo)} of {len(plans)} widths to run; nothing written)",
         f"executor {pool.describe()}",
         *(p.describe(spec.steps) for p in plans),
-        *_estimate_lines(spec, trusted_imports),
+        *_estimate_lines(spec, trusted_imports, plans, pool),
     ]
     if todo:
         argsets = [(job,) for job in width_jobs(spec, study, todo, pool)]

@@ -1,5 +1,5 @@
 """Per-width summary of a study: final losses (the table ``widthwise show`` prints) and
-each width's run state (done, running, interrupted, failed, not started)."""
+each width's run state (done, running, interrupted, failed, damaged, not started)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import xarray as xr
 
 if TYPE_CHECKING:
+    import xarray as xr
+
+    from widthwise.store.records import Damage, WidthRecords
     from widthwise.store.study_dir import StudyDir
 
 FINAL_WINDOW = 10  # train loss: mean of each seed's last logged steps (minibatch noise)
 
-STATES = ("done", "running", "interrupted", "failed", "not started", "unknown")
+STATES = ("done", "running", "interrupted", "failed", "damaged", "not started", "unknown")
 """What :func:`width_states` reports for a width."""
 
 
@@ -27,6 +29,8 @@ def width_summary(ds: xr.Dataset) -> xr.Dataset:
     over its last ``FINAL_WINDOW`` logged steps), ``test_loss_mean/std`` (at the
     last test step), ``diverged`` (member count), ``status`` and ``wall_time``.
     """
+    import xarray as xr  # here, not at the top: ``widthwise show`` reads states without it
+
     out = xr.Dataset(coords={"width": ds.width})
     if "train_loss" in ds:
         tail = ds.train_loss.isel(step=slice(-FINAL_WINDOW, None)).mean("step", skipna=False)
@@ -59,8 +63,12 @@ class WidthState:
     width's writer lock (``holder``: its pid, host and start time); ``interrupted``
     when the status says running but no live writer holds the lock (the process
     was killed: ``widthwise run`` resumes it); ``failed`` with ``reason`` (the
-    status's ``error``); ``unknown`` when the directory exists without a readable
-    status. ``diverged`` maps seed id to the step at which that member diverged.
+    status's ``error``); ``damaged`` when records its status says were logged are
+    missing or damaged on disk (``damage`` says which; ``recorded`` is the state the
+    status records: a damaged width is never a clean ``done``); ``unknown`` when the
+    directory exists without a usable status (``reason``: missing, unreadable, a checksum
+    mismatch, another width's). ``diverged`` maps seed id to the step at which that
+    member diverged.
     """
 
     width: int
@@ -71,6 +79,8 @@ class WidthState:
     holder: dict[str, Any] | None = None
     diverged: dict[int, int] = field(default_factory=dict)
     wall_time: float = float("nan")
+    damage: Damage | None = None
+    recorded: str = ""
 
     def describe(self) -> str:
         """One line for people: the state and what it means, e.g. ``failed: <reason>``."""
@@ -84,8 +94,15 @@ class WidthState:
             return f"interrupted{at}: no live writer; resume with `widthwise run`"
         if self.state == "failed":
             return f"failed{at}: {self.reason or 'no reason recorded'}"
+        if self.state == "damaged":
+            what = self.damage.describe() if self.damage else "records missing"
+            return (
+                f"damaged: {what} (status.json says {self.recorded}{at}); "
+                "`widthwise run` recomputes what is missing"
+            )
         if self.state == "unknown":
-            return "unknown: the directory has no readable status.json"
+            why = f" ({self.reason})" if self.reason else ""
+            return f"unknown: the directory has no readable status.json{why}"
         return self.state
 
     def describe_diverged(self, n_seeds: int) -> str:
@@ -112,22 +129,34 @@ def width_states(path: str | Path) -> list[WidthState]:
     return [width_state(study, width, seeds) for width in widths]
 
 
-def width_state(study: StudyDir, width: int, seeds: list[int]) -> WidthState:
-    """Where width ``width`` of ``study`` stands (one read of its status and lock files).
+def width_state(
+    study: StudyDir, width: int, seeds: list[int], records: WidthRecords | None = None
+) -> WidthState:
+    """Where width ``width`` of ``study`` stands (its status and lock files, and what is on
+    disk: :func:`widthwise.store.records.find_damage`; ``records``: already read).
 
     ``running``: a live process holds the writer lock; ``interrupted``: the status says
     running without a live writer; ``failed`` (with the status's ``error`` as reason);
-    ``not started`` (no directory); ``unknown`` (no readable status); else ``done``.
+    ``damaged``: records the status says were logged are missing or damaged;
+    ``not started`` (no directory); ``unknown`` (no usable status); else ``done``.
     """
-    from widthwise.store.lock import lock_holder
-    from widthwise.store.open import status_values
+    return width_state_at(study.path, width, seeds, records)
 
-    wd = study.width_dir(width)
-    if not wd.path.is_dir():
+
+def width_state_at(
+    study_path: str | Path, width: int, seeds: list[int], records: WidthRecords | None = None
+) -> WidthState:
+    """:func:`width_state` of the study directory at ``study_path``; reads it without
+    importing torch or xarray (``widthwise show``)."""
+    from widthwise.store.lock import lock_holder
+    from widthwise.store.records import read_status, status_values, width_damage
+
+    wd_path = Path(study_path) / f"width_{width:05d}"
+    if not wd_path.is_dir():
         return WidthState(width, "not started")
-    status = wd.read_status()
+    status, problem = read_status(wd_path, width)
     state, wall, div = status_values(status, len(seeds))
-    holder = lock_holder(wd.path)
+    holder = lock_holder(wd_path)
     step, steps = status.get("step"), status.get("steps")
     ws = WidthState(
         width,
@@ -145,6 +174,12 @@ def width_state(study: StudyDir, width: int, seeds: list[int]) -> WidthState:
     elif state == "failed":
         error = status.get("error")
         ws.reason = " ".join(str(error).split()) if error else ""
-    elif state not in STATES:
+    elif state not in STATES or state in ("damaged", "not started"):
         ws.state = "unknown"
+    if ws.state == "unknown":
+        ws.reason = problem if problem not in ("", "missing") else ws.reason
+    if ws.state in ("done", "interrupted", "failed"):
+        damage = width_damage(wd_path, len(seeds), status, records)
+        if damage:
+            ws.recorded, ws.state, ws.damage = ws.state, "damaged", damage
     return ws

@@ -16,6 +16,7 @@ from widthwise.streams import cifar5m as _cifar5m  # noqa: F401
 from widthwise.streams import gegenbauer as _gegenbauer  # noqa: F401
 from widthwise.streams import idx as _idx  # noqa: F401
 from widthwise.streams import imagefolder as _imagefolder  # noqa: F401
+from widthwise.streams import periodic as _periodic  # noqa: F401
 from widthwise.streams import teacher as _teacher  # noqa: F401
 from widthwise.streams import text as _text  # noqa: F401
 from widthwise.streams import vision as _vision  # noqa: F401

@@ -1,0 +1,112 @@
+"""examples/paper/gpu/ and gpu_profiles.py: the paper-scale GPU profiles validate, their
+data requirements are stated, and benchmarks/gpu.py runs (tiny, on the CPU).
+
+Nothing here needs a GPU or the real data sets: the specs are validated as written
+(``load_spec`` does not read ``data.options.path``), the fake data sets of
+``gpu_profiles.write_fake_data`` are read by widthwise's own ``cifar5m`` and
+``wikitext`` streams, and ``benchmarks/gpu.py --device cpu --smoke`` checks the
+benchmark's plumbing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import widthwise
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples" / "paper"))
+
+import gpu_profiles as gp  # noqa: E402
+
+SPECS = sorted((ROOT / "examples" / "paper" / "gpu").glob("*.yaml"))
+
+
+def test_every_gpu_spec_is_a_profile() -> None:
+    assert SPECS, "examples/paper/gpu/ has no specs"
+    assert sorted(p.spec for p in gp.PROFILES.values()) == SPECS
+
+
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
+def test_gpu_spec_validates_and_states_its_estimate(path: Path) -> None:
+    spec = widthwise.load_spec(path)
+    assert spec.device == "cuda"
+    comments = path.read_text().split("\nname:")[0].splitlines()
+    header = " ".join(line.lstrip("#").strip() for line in comments)
+    assert "ESTIMATED H200" in header and "GPU-hours" in header, "header lacks the estimate"
+    assert "An ESTIMATE" in header and "never run on a GPU" in header
+    assert re.search(r"Fig\. \d", header), "header names no paper figure"
+    assert "Data:" in header
+
+
+@pytest.mark.parametrize("name", list(gp.PROFILES))
+def test_reduced_profile_keeps_seeds_and_batch(name: str) -> None:
+    """benchmarks/gpu.py extrapolates the reduced profile from the full one's step times."""
+    full = gp.load_profile(name)
+    reduced = gp.load_profile(name, reduced=True, device="cpu")
+    assert set(reduced.widths) <= set(full.widths)
+    assert reduced.steps < full.steps
+    assert (reduced.seed_list, reduced.batch_size) == (full.seed_list, full.batch_size)
+    assert reduced.device == "cpu"
+    assert gp.PROFILES[name].reduced_minutes <= 5.0
+
+
+def test_missing_data_names_what_to_install(tmp_path: Path) -> None:
+    assert gp.missing_data("mlp_lazy_entk", {}) is None
+    line = gp.missing_data("resnet18_cifar5m", {})
+    assert line is not None and "--data cifar5m=DIR" in line and "cifar5m_part" in line
+    line = gp.missing_data("transformer_wikitext", {"wikitext": str(tmp_path / "absent")})
+    assert line is not None and "wiki.train.raw" in line and "\n" not in line
+    dirs = {s: str(gp.write_fake_data(s, tmp_path)) for s in ("cifar5m", "wikitext")}
+    assert gp.missing_data("resnet18_cifar5m", dirs) is None
+    assert gp.missing_data("transformer_wikitext", dirs) is None
+    with pytest.raises(widthwise.UserError, match="--data cifar5m=DIR"):
+        gp.run_profile("resnet18_cifar5m", tmp_path / "runs", data_dirs={})
+
+
+def test_fake_data_is_read_by_the_real_streams(tmp_path: Path) -> None:
+    """The data path override reaches the spec, and the streams accept the fake layout
+    with the real data sets' shapes."""
+    from widthwise.job import build_stream
+
+    dirs = {s: str(gp.write_fake_data(s, tmp_path)) for s in ("cifar5m", "wikitext")}
+    images = gp.load_profile("resnet18_cifar5m", data_dirs=dirs, sets=["data.probe_points=8"])
+    assert images.data.options["path"] == dirs["cifar5m"]
+    stream = build_stream(images)
+    assert (stream.in_shape, stream.out_dim) == ((3, 32, 32), 10)
+    x, y = stream.batch(0, 4)
+    assert x.shape == (4, 3, 32, 32) and y.shape == (4,)
+    text = gp.load_profile("transformer_wikitext", data_dirs=dirs, sets=["data.probe_points=4"])
+    stream = build_stream(text)
+    assert (stream.in_shape, stream.out_dim) == ((128,), 257)  # bytes + [MASK]
+
+
+def test_benchmark_smoke_runs_on_the_cpu(tmp_path: Path) -> None:
+    out = tmp_path / "gpu_benchmark.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("OUT", None)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--device", "cpu", "--smoke"]
+        + ["--threads", "1", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "| profile | width |" in proc.stdout and "SMOKE" in proc.stdout
+    doc = json.loads(out.read_text())
+    assert doc["smoke"] is True
+    assert sorted(p["name"] for p in doc["profiles"]) == sorted(gp.PROFILES)
+    for p in doc["profiles"]:
+        for w in p["widths"]:
+            assert w["error"] is None
+            assert w["step_s"] > 0 and w["full_s"] > 0 and w["estimated_s"] > 0
+            assert set(w["probe_s"]) == set(w["probe_calls"]) and w["probe_s"]
