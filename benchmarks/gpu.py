@@ -72,8 +72,8 @@ except ImportError:  # a checkout without `pip install -e .` (e.g. a lent GPU ma
 import gpu_profiles  # noqa: E402  (examples/paper/gpu_profiles.py)
 import torch  # noqa: E402
 
+from widthwise.job import probe_context  # noqa: E402
 from widthwise.probes import PROBES  # noqa: E402
-from widthwise.probes.base import ProbeContext  # noqa: E402
 from widthwise.spec import StudySpec  # noqa: E402
 from widthwise.trainer import EnsembleTrainer  # noqa: E402
 
@@ -137,25 +137,6 @@ def free(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def probe_context(
-    trainer: EnsembleTrainer, probe_x: torch.Tensor, probe_y: torch.Tensor
-) -> ProbeContext:
-    """The context a run gives the probes at the trainer's current step."""
-    spec = trainer.spec
-    step = trainer.step
-    return ProbeContext(
-        step=step,
-        ensemble=trainer.ensemble,
-        params=trainer.params,
-        probe_x=probe_x,
-        probe_y=probe_y,
-        alive=trainer.alive,
-        stream=trainer.stream,
-        lr=spec.optimizer.lr * trainer.lr_factor(min(step, spec.steps - 1)),
-        optimizer=trainer.optimizer,
-    )
-
-
 def probe_calls(spec: StudySpec) -> dict[str, int]:
     """Calls of every probe that runs before an update (train_loss is part of the step)."""
     out = {}
@@ -193,7 +174,7 @@ def measure_width(
             fn = PROBES.get(name).fn
             elapsed = math.inf
             for attempt in range(2):
-                ctx = probe_context(trainer, probe_x, probe_y)
+                ctx = probe_context(trainer, trainer.step, probe_x, probe_y)
                 sync(device)
                 t0 = time.perf_counter()
                 fn(ctx, options[name])

@@ -198,7 +198,7 @@ def _train(
             if t != resumed_at and t % spec.checkpoint_every == 0:
                 width_dir.save_checkpoint(_checkpoint(trainer, width_dir, clock()))
                 width_dir.write_status(**_status(trainer, width_dir, "running", clock()))
-            context = _context(trainer, t, probe_x, probe_y)
+            context = probe_context(trainer, t, probe_x, probe_y)
             _run_probes(width_dir, probes, context, after_update=False)  # the network at t
             losses = trainer.train_step()  # update t: (seed,) loss before it
             context.losses = losses
@@ -207,7 +207,10 @@ def _train(
                 live = losses[torch.isfinite(losses)]
                 on_step(t + 1, spec.steps, float(live.mean()) if live.numel() else math.nan)
         _run_probes(
-            width_dir, probes, _context(trainer, spec.steps, probe_x, probe_y), after_update=False
+            width_dir,
+            probes,
+            probe_context(trainer, spec.steps, probe_x, probe_y),
+            after_update=False,
         )
         width_dir.save_checkpoint(_checkpoint(trainer, width_dir, clock()))
         final = _status(trainer, width_dir, "done", clock())
@@ -244,9 +247,10 @@ def _scheduled_probes(spec: StudySpec) -> list[_ScheduledProbe]:
     return out
 
 
-def _context(
+def probe_context(
     trainer: EnsembleTrainer, step: int, probe_x: torch.Tensor, probe_y: torch.Tensor
 ) -> ProbeContext:
+    """What the probes see of ``trainer`` at ``step`` (also used by benchmarks/gpu.py)."""
     spec = trainer.spec
     return ProbeContext(
         step=step,

@@ -98,6 +98,18 @@ def _empty(ax, title: str, study: str) -> None:
     )
 
 
+def _cells(grid, axes, panels):
+    """Yield (row index, ax, title, study, DataArray) for every present cell of the grid;
+    an absent cell is greyed (:func:`_empty`) and skipped."""
+    for r, row in enumerate(grid):
+        for c, (title, study, present) in enumerate(row):
+            ax = axes[r, c]
+            if not present:
+                _empty(ax, title, study)
+                continue
+            yield r, ax, title, study, panels[title][study]
+
+
 @styled
 def overlay_curves(
     panels: dict[str, dict[str, xr.DataArray]],
@@ -115,25 +127,20 @@ def overlay_curves(
     grid, fig, axes = _layout(panels)
     scale, colors = width_scale(widths, *[da for s in panels.values() for da in s.values()])
     one_row = len(grid) == 1
-    for r, row in enumerate(grid):
-        for c, (title, study, present) in enumerate(row):
-            ax = axes[r, c]
-            if not present:
-                _empty(ax, title, study)
-                continue
-            da = panels[title][study]
-            sparse = width_lines(ax, da, xdims[title], colors, logx=True, logy=logy, band=False)
-            step_axes(
-                ax,
-                da,
-                xdims[title],
-                sparse,
-                ylabel=ylabel[title],
-                title=_cell_title(title, study, one_row),
-                logy=logy,
-            )
-            robust_ylim(ax, [da], logy=logy)
-        if not one_row or len({ylabel[t] for t in panels}) == 1:
+    for _, ax, title, study, da in _cells(grid, axes, panels):
+        sparse = width_lines(ax, da, xdims[title], colors, logx=True, logy=logy, band=False)
+        step_axes(
+            ax,
+            da,
+            xdims[title],
+            sparse,
+            ylabel=ylabel[title],
+            title=_cell_title(title, study, one_row),
+            logy=logy,
+        )
+        robust_ylim(ax, [da], logy=logy)
+    if not one_row or len({ylabel[t] for t in panels}) == 1:
+        for r in range(len(grid)):
             _share_y(axes[r], logy)
     width_colorbar(fig, axes, scale, ticks=_all_widths(panels))
     return fig
@@ -157,40 +164,35 @@ def overlay_vs_width(
     grid, fig, axes = _layout(panels)
     scale, colors = width_scale(widths, *[da for s in panels.values() for da in s.values()])
     one_row = len(grid) == 1
-    for r, row in enumerate(grid):
-        for c, (title, study, present) in enumerate(row):
-            ax = axes[r, c]
-            if not present:
-                _empty(ax, title, study)
-                continue
-            da = panels[title][study]
-            if "seed" not in da.dims:
-                da = da.expand_dims(seed=[0])
-            vals = da.transpose("width", "seed").values.astype(np.float64)
-            mean, lo, hi = nan_stats(vals, 1)
-            w = da.width.values
-            with np.errstate(invalid="ignore"):  # diverged members: inf − inf
-                err = np.stack([np.clip(mean - lo, 0, None), np.clip(hi - mean, 0, None)])
-                err[0] = np.minimum(err[0], mean * 0.999)  # keep bars on the log axis
-            ax.errorbar(w, positive(mean), yerr=np.nan_to_num(err), color="0.3", lw=1, capsize=2)
-            for j, wj in enumerate(w):
-                (pt,) = ax.plot(
-                    [wj], [positive(mean)[j]], "o", color=colors[wj], ms=5, ls="none", zorder=3
-                )
-                pt.set_gid(width_gid(wj))
-            style_axes(
-                ax,
-                xlabel="width",
-                ylabel=ylabel,
-                title=_cell_title(title, study, one_row),
-                logx=True,
-                logy=True,
+    for _, ax, title, study, da in _cells(grid, axes, panels):
+        if "seed" not in da.dims:
+            da = da.expand_dims(seed=[0])
+        vals = da.transpose("width", "seed").values.astype(np.float64)
+        mean, lo, hi = nan_stats(vals, 1)
+        w = da.width.values
+        with np.errstate(invalid="ignore"):  # diverged members: inf − inf
+            err = np.stack([np.clip(mean - lo, 0, None), np.clip(hi - mean, 0, None)])
+            err[0] = np.minimum(err[0], mean * 0.999)  # keep bars on the log axis
+        ax.errorbar(w, positive(mean), yerr=np.nan_to_num(err), color="0.3", lw=1, capsize=2)
+        for j, wj in enumerate(w):
+            (pt,) = ax.plot(
+                [wj], [positive(mean)[j]], "o", color=colors[wj], ms=5, ls="none", zorder=3
             )
-            width_ticks(ax, w)
-            finite = np.flatnonzero(np.isfinite(positive(mean)))
-            if reference and finite.size >= 2:
-                reference_slopes(ax, w[finite[0] :], float(mean[finite[0]]))
-                place_legend(ax, fontsize=6.5)
+            pt.set_gid(width_gid(wj))
+        style_axes(
+            ax,
+            xlabel="width",
+            ylabel=ylabel,
+            title=_cell_title(title, study, one_row),
+            logx=True,
+            logy=True,
+        )
+        width_ticks(ax, w)
+        finite = np.flatnonzero(np.isfinite(positive(mean)))
+        if reference and finite.size >= 2:
+            reference_slopes(ax, w[finite[0] :], float(mean[finite[0]]))
+            place_legend(ax, fontsize=6.5)
+    for r in range(len(grid)):
         _share_y(axes[r], True)
     width_colorbar(fig, axes, scale, ticks=_all_widths(panels))
     return fig
