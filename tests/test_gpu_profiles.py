@@ -110,3 +110,23 @@ def test_benchmark_smoke_runs_on_the_cpu(tmp_path: Path) -> None:
             assert w["error"] is None
             assert w["step_s"] > 0 and w["full_s"] > 0 and w["estimated_s"] > 0
             assert set(w["probe_s"]) == set(w["probe_calls"]) and w["probe_s"]
+
+
+def test_reproduce_profile_gpu_skips_what_it_cannot_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``reproduce.py --profile gpu``: a profile without its data is one line on stderr,
+    a malformed ``--data`` is one line, and nothing runnable means exit 2."""
+    import reproduce
+
+    with_data = {k: p for k, p in gp.PROFILES.items() if p.data is not None}
+    monkeypatch.setattr(gp, "PROFILES", with_data)
+    rc = reproduce.main(["--profile", "gpu", "--runs", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == len(with_data)
+    for line, (name, p) in zip(err, with_data.items()):
+        assert line.startswith(f"{name}: skipped: ") and f"--data {p.data}=DIR" in line
+    assert not any(tmp_path.iterdir())  # nothing written
+    with pytest.raises(SystemExit, match="is not STREAM=DIR"):
+        reproduce.main(["--profile", "gpu", "--data", "cifar5m", "--runs", str(tmp_path)])

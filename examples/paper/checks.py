@@ -128,35 +128,6 @@ def all_of(text: str, checks: Iterable[Check]) -> Check:
     )
 
 
-def combine(
-    text: str, a: xr.Dataset, b: xr.Dataset, op: Literal["<", ">"], factor: float = 1.0
-) -> Check:
-    """a op factor · b for two independent intervals, decided conservatively.
-
-    "a > f·b" passes when lo(a) > f·hi(b) at every entry, fails when hi(a) <= f·lo(b)
-    at one; "<" mirrored. Used where two studies (muP and SP) are compared.
-    """
-    a, b = xr.align(a, b, join="inner")
-    value = f"{describe(a)} vs {describe(b)}"
-    for iv in (a, b):
-        ok, why = _valid(iv)
-        if not ok:
-            return Check(text, value, "undetermined", why)
-    if op == ">":
-        good = bool((a["lo"] > factor * b["hi"]).all())
-        bad = bool((a["hi"] <= factor * b["lo"]).any())
-        gap = float((a["lo"] - factor * b["hi"]).min())
-    else:
-        good = bool((a["hi"] < factor * b["lo"]).all())
-        bad = bool((a["lo"] >= factor * b["hi"]).any())
-        gap = float((factor * b["lo"] - a["hi"]).min())
-    if good:
-        return Check(text, value, "pass", f"intervals apart by {fmt(gap)}")
-    if bad:
-        return Check(text, value, "fail", "intervals on the wrong side")
-    return Check(text, value, "undetermined", "intervals overlap")
-
-
 def verdict_of(checks: Iterable[Check]) -> str:
     """'reproduced' when every check passes, 'partly' when some do, else 'not at this scale'."""
     cs = list(checks)

@@ -40,7 +40,6 @@ from checks import (
     all_of,
     boot,
     but_widest,
-    combine,
     compare,
     describe,
     distance_to_widest,
@@ -370,6 +369,20 @@ def curve_deviation(train_loss: xr.DataArray, fraction: float = 1.0) -> xr.DataA
     return but_widest(np.sqrt(((m - widest(m)) ** 2).mean("step")))
 
 
+def sharpness_deviation(sharpness: xr.DataArray) -> xr.DataArray:
+    """RMS over the recorded steps after init of log10(S̄_n(t) / S̄_N(t)), S̄ the seed mean.
+
+    The whole curve, not its plateau alone: the seeds' spread of a single plateau value
+    (±7-16 % at 8 seeds) is as large as its differences across widths, while the
+    curve's rise (when and how steeply the sharpness grows back after its early drop)
+    differs between widths by far more. Dims (width,) without the widest N.
+    """
+    s = sharpness.mean("seed")
+    steps = s.sharpness_step.values
+    m = np.log10(s.sel(sharpness_step=steps[steps > 0]).where(lambda v: v > 0))
+    return but_widest(np.sqrt(((m - widest(m)) ** 2).mean("sharpness_step")))
+
+
 def _sharpness_parts(z: xr.DataArray) -> dict[str, xr.DataArray]:
     """Seed-mean sharpness: plateau (mean over the last third of the recorded steps),
     its minimum after init, and the plateau's relative range."""
@@ -395,7 +408,8 @@ def c3_analyze(d: Datasets) -> tuple[Rows, list[Check]]:
         return but_widest(abs(p - widest(p)) / widest(p))
 
     agree = boot(sh, to_widest)
-    agree_slope = boot(sh, lambda z: log_slope(to_widest(z)))
+    sh_dev = boot(sh, sharpness_deviation)
+    sh_dev_slope = boot(sh, lambda z: log_slope(sharpness_deviation(z)))
     # from step 1: at step 0 every zero-readout muP net has the same loss (no seed spread)
     mup = after_init(d["c3b_large_lr_mup"].train_loss, "step")
     sp = after_init(d["c3b_large_lr_sp"].train_loss, "step")
@@ -416,6 +430,10 @@ def c3_analyze(d: Datasets) -> tuple[Rows, list[Check]]:
         ("plateau / minimum after init", describe(growth)),
         ("plateau relative range over the last third", describe(flat)),
         ("plateau relative difference to the widest", describe(agree)),
+        (
+            "RMS log10 deviation of the seed-mean sharpness curve from the widest's (after init)",
+            describe(sh_dev),
+        ),
         (
             f"muP: RMS log10 deviation of the seed-mean training-loss curve from the widest's, "
             f"steps 1-{t_early}",
@@ -441,9 +459,10 @@ def c3_analyze(d: Datasets) -> tuple[Rows, list[Check]]:
             0.25,
         ),
         compare(
-            "sharpness is consistent across widths (Sec. 1's definition): the plateau's relative "
-            "gap to the widest falls with width (slope < 0)",
-            agree_slope,
+            "sharpness curves are consistent across widths (Fig. 6a; Sec. 1's definition): the "
+            "deviation of the seed-mean sharpness curve from the widest's falls with width "
+            "(slope < 0)",
+            sh_dev_slope,
             "<",
             SLOPE,
         ),
@@ -663,45 +682,53 @@ def c6_analyze(d: Datasets) -> tuple[Rows, list[Check]]:
     f0 = logits.isel(test_step=0).mean("seed").rename({"point": "entk_point_i"})
     times = ds.test_step.values
 
-    def eig_change(z: xr.DataArray) -> xr.DataArray:
-        lam = _c6_eigen(z).eigenvalue.isel(mode=slice(0, k))
-        return but_widest((abs(lam - widest(lam)) / widest(lam)).mean("mode"))
-
-    def power(z: xr.DataArray) -> xr.DataArray:
-        """C(K): the task's share in the top K eigenvectors, K = the harmonic block size."""
-        ck = wa.cumulative_task_power(_c6_eigen(z), y, target_dims=rows_dims)
-        return ck.isel(mode=k - 1)
-
-    def power_gain(z: xr.DataArray) -> xr.DataArray:
-        p = power(z)
-        return widest(p) - p.isel(width=0)
-
     def flow(e: xr.Dataset) -> xr.DataArray:
         return wa.gradient_flow_loss(
             e, y, eta=eta, times=times, time_dim="test_step", target_dims=rows_dims, f0=f0
         )
 
-    def effects(z: xr.DataArray) -> xr.DataArray:
-        """Eigenvector effect − eigenvalue effect on the predicted final loss, narrowest."""
-        e = _c6_eigen(z)
+    def all_stats(e: xr.Dataset) -> dict[str, xr.DataArray]:
+        """Every statistic of the claim from one eigendecomposition of the ensembled eNTKs."""
+        lam = e.eigenvalue.isel(mode=slice(0, k))
+        ck = wa.cumulative_task_power(e, y, target_dims=rows_dims).isel(mode=k - 1)
+        own = flow(e)
         swapped = e.copy()
         swapped["eigenvalue"] = widest(e.eigenvalue).broadcast_like(e.eigenvalue)
-        own = flow(e).isel(test_step=-1)
         swap = flow(swapped).isel(test_step=-1)
-        ref = widest(own)
-        return (abs(swap - ref) - abs(own - swap)).isel(width=0) / ref
-
-    def flow_error(z: xr.DataArray) -> xr.DataArray:
-        pred = flow(_c6_eigen(z)).isel(test_step=slice(1, None))
+        end, ref = own.isel(test_step=-1), widest(own.isel(test_step=-1))
+        pred = own.isel(test_step=slice(1, None))
         meas = ens_loss.isel(test_step=slice(1, None))
-        return np.sqrt((np.log10(pred / meas) ** 2).mean("test_step"))
+        return {
+            "eig_change": but_widest((abs(lam - widest(lam)) / widest(lam)).mean("mode")),
+            # C(K): the task's share in the top K eigenvectors, K = the harmonic block size
+            "power": ck,
+            "power_gain": widest(ck) - ck.isel(width=0),
+            # eigenvector effect − eigenvalue effect on the predicted final loss, narrowest
+            "effects": (abs(swap - ref) - abs(end - swap)).isel(width=0) / ref,
+            "flow_error": np.sqrt((np.log10(pred / meas) ** 2).mean("test_step")),
+        }
+
+    # The five statistics share one eigendecomposition per resample: boot() draws the
+    # same resamples for every statistic (same seed), so they are computed once per
+    # resampled array (keyed by its shape and a sample of its values) and kept here.
+    cache: dict[tuple[Any, ...], dict[str, xr.DataArray]] = {}
+
+    def stat(name: str) -> Callable[[xr.DataArray], xr.DataArray]:
+        def one(z: xr.DataArray) -> xr.DataArray:
+            v = np.ascontiguousarray(z.values).ravel()
+            key = (z.shape, v[:: max(1, v.size // 4096)].tobytes())
+            if key not in cache:
+                cache[key] = all_stats(_c6_eigen(z))
+            return cache[key][name]
+
+        return one
 
     n = 200
-    ec = boot(kern, eig_change, sample_dims=("entk_point_i", "entk_point_j"), n_boot=n)
-    pw = boot(kern, power, sample_dims=("entk_point_i", "entk_point_j"), n_boot=n)
-    gain = boot(kern, power_gain, sample_dims=("entk_point_i", "entk_point_j"), n_boot=n)
-    eff = boot(kern, effects, sample_dims=("entk_point_i", "entk_point_j"), n_boot=n)
-    fe = boot(kern, flow_error, sample_dims=("entk_point_i", "entk_point_j"), n_boot=n)
+    dims = ("entk_point_i", "entk_point_j")
+    ec, pw, gain, eff, fe = (
+        boot(kern, stat(name), sample_dims=dims, n_boot=n)
+        for name in ("eig_change", "power", "power_gain", "effects", "flow_error")
+    )
     rows = [
         (f"top-{k} eigenvalues: mean rel. difference to the widest", describe(ec)),
         (f"task power C(K) in the top K = {k} modes (the target's harmonic block)", describe(pw)),
@@ -760,24 +787,48 @@ def alignment_gain(z: xr.DataArray, labels: xr.DataArray) -> xr.DataArray:
     return a.isel(kernels_step=-1) - a.isel(kernels_step=0)
 
 
+def task_target(ds: xr.Dataset) -> xr.DataArray:
+    """The probe points' labels (classification) or regression targets."""
+    return ds.test_label if "test_label" in ds else ds.test_target
+
+
+def performance(ds: xr.Dataset) -> tuple[xr.DataArray, str]:
+    """The test error (classification) or test loss (regression) and its name."""
+    return (ds.test_error, "test error") if "test_error" in ds else (ds.test_loss, "test loss")
+
+
 def c7_analyze(d: Datasets) -> tuple[Rows, list[Check]]:
     """NTP vs muP early in training (Appendix D, Fig. 14)."""
     ntp, mup = d["c7_ntp_vs_mup_ntp"], d["c7_ntp_vs_mup_mup"]
 
     def gains(ds: xr.Dataset) -> tuple[xr.Dataset, xr.Dataset, xr.Dataset]:
         k = ds.feature_kernel
-        g = boot(k, lambda z: alignment_gain(z, ds.test_label), sample_dims=KERNEL)
+        g = boot(k, lambda z: alignment_gain(z, task_target(ds)), sample_dims=KERNEL)
         ratio = boot(
             k,
-            lambda z: (a := alignment_gain(z, ds.test_label)).isel(width=-1) / a.isel(width=0),
+            lambda z: (a := alignment_gain(z, task_target(ds))).isel(width=-1) / a.isel(width=0),
             sample_dims=KERNEL,
         )
-        slope = boot(k, lambda z: log_slope(alignment_gain(z, ds.test_label)), sample_dims=KERNEL)
+        slope = boot(k, lambda z: log_slope(alignment_gain(z, task_target(ds))), sample_dims=KERNEL)
         return g, ratio, slope
 
     g_ntp, r_ntp, s_ntp = gains(ntp)
-    g_mup, r_mup, _ = gains(mup)
-    err = {n: after_init(ds.test_error, "test_step") for n, ds in (("ntp", ntp), ("mup", mup))}
+    g_mup, r_mup, s_mup = gains(mup)
+    # one bootstrap of both studies (each width's and study's seeds resampled on their own)
+    both = xr.concat(
+        [ntp.feature_kernel, mup.feature_kernel], dim=xr.DataArray(["ntp", "mup"], dims="study")
+    )
+    s_diff = boot(
+        both,
+        lambda z: (
+            (g := log_slope(alignment_gain(z, task_target(ntp)))).sel(study="mup")
+            - g.sel(study="ntp")
+        ),
+        sample_dims=KERNEL,
+        independent=("width", "study"),
+    )
+    err = {n: after_init(performance(ds)[0], "test_step") for n, ds in (("ntp", ntp), ("mup", mup))}
+    perf = performance(ntp)[1]
     e_ntp = boot(err["ntp"], lambda z: z.mean("seed").mean("test_step"))
     e_mup = boot(err["mup"], lambda z: z.mean("seed").mean("test_step"))
     es_ntp = boot(err["ntp"], lambda z: log_slope(z.mean("seed").mean("test_step")))
@@ -790,7 +841,11 @@ def c7_analyze(d: Datasets) -> tuple[Rows, list[Check]]:
     rows = [
         ("NTP: kernel-target alignment gain (end − init), last hidden layer", describe(g_ntp)),
         ("muP: the same", describe(g_mup)),
-        ("NTP: mean test error over training (after init)", describe(e_ntp)),
+        ("NTP: widest alignment gain / the base width's", describe(r_ntp)),
+        ("muP: the same", describe(r_mup)),
+        ("log-log slope in width of the alignment gain: NTP", describe(s_ntp)),
+        ("muP: the same", describe(s_mup)),
+        (f"NTP: mean {perf} over training (after init)", describe(e_ntp)),
         ("muP: the same", describe(e_mup)),
         ("base width: max rel. difference of NTP and muP training loss, steps 0-9", fmt(same)),
         ("base width: relative training-loss decrease over steps 0-9 (muP)", fmt(moves)),
@@ -804,20 +859,23 @@ def c7_analyze(d: Datasets) -> tuple[Rows, list[Check]]:
             "<",
             SLOPE,
         ),
-        compare("NTP: widest alignment gain < 50 % of the base width's", r_ntp, "<", 0.5),
         compare(
-            "muP: no slow-down: widest alignment gain > 80 % of the base width's", r_mup, ">", 0.8
+            "unlike muP (App. D): muP's alignment gain falls less with width than NTP's "
+            "(slope muP − slope NTP > 0)",
+            s_diff,
+            ">",
+            0.0,
         ),
         compare(
             "NTP: 'wider networks tend to train more slowly ... and perform worse' (App. D): "
-            "mean test error over training rises with width (slope > 0)",
+            f"mean {perf} over training rises with width (slope > 0)",
             es_ntp,
             ">",
             SLOPE,
         ),
         compare(
-            "muP: 'wider networks in muP train slightly faster' (App. D): mean test error over "
-            "training falls with width (slope < 0)",
+            "muP: 'wider networks in muP train slightly faster' (App. D): mean "
+            f"{perf} over training falls with width (slope < 0)",
             es_mup,
             "<",
             SLOPE,
@@ -838,16 +896,20 @@ def c7_figures(d: Datasets, out: Path) -> list[Path]:
 
     def alignment(ds: xr.Dataset) -> xr.DataArray:
         k = ds.feature_kernel.isel(kernels_layer=-1).mean("seed")
-        y = ds.test_label.isel(point=slice(0, k.sizes["kernels_point_i"]))
+        y = task_target(ds).isel(point=slice(0, k.sizes["kernels_point_i"]))
         return wa.kernel_target_alignment(k, y, sample_dims=KERNEL)
 
+    perf = performance(ntp)[1]
     fig = fig_compare.overlay_curves(
         {
             "kernel-target alignment": {"muP": alignment(mup), "NTP": alignment(ntp)},
-            "test error": {"muP": mup.test_error, "NTP": ntp.test_error},
+            perf: {"muP": performance(mup)[0], "NTP": performance(ntp)[0]},
         },
-        xdims={"kernel-target alignment": "kernels_step", "test error": "test_step"},
-        ylabel={"kernel-target alignment": "alignment", "test error": "error (fraction)"},
+        xdims={"kernel-target alignment": "kernels_step", perf: "test_step"},
+        ylabel={
+            "kernel-target alignment": "alignment",
+            perf: "error (fraction)" if perf == "test error" else "MSE",
+        },
         logy=False,
     )
     return [save(fig, out, "c7_ntp_vs_mup")]
@@ -864,8 +926,16 @@ def c8_analyze(d: Datasets) -> tuple[Rows, list[Check]]:
     tr_off = off.train_eval_loss.isel(train_eval_step=-1)
     gap_off = boot(t_off, mean_gap_to_widest)
     gap_on = boot(t_on, mean_gap_to_widest)
+    # one bootstrap of both studies (seeds of each width and study resampled on their own)
+    both = xr.concat([t_off, t_on], dim=xr.DataArray(["offline", "online"], dims="study"))
+    ratio = boot(
+        both,
+        lambda z: (g := mean_gap_to_widest(z)).sel(study="offline") / g.sel(study="online"),
+        independent=("width", "study"),
+    )
     slope_on = boot(t_on, lambda z: log_slope(mean_gap_to_widest(z)))
     fin_on = boot(on.test_loss.isel(test_step=-1), lambda z: log_slope(z.mean("seed")))
+    fin_off = boot(off.test_loss.isel(test_step=-1), lambda z: log_slope(z.mean("seed")))
     memo = boot(
         xr.concat(
             [tr_off, off.test_loss.isel(test_step=-1)],
@@ -877,6 +947,9 @@ def c8_analyze(d: Datasets) -> tuple[Rows, list[Check]]:
     rows = [
         ("offline (noisy labels): mean relative test-loss gap to the widest", describe(gap_off)),
         ("online: the same", describe(gap_on)),
+        ("offline gap / online gap", describe(ratio)),
+        ("online: log-log slope in width of the final test loss", describe(fin_on)),
+        ("offline: the same (held-out loss)", describe(fin_off)),
         ("offline: final loss on the noisy training set / held-out loss", describe(memo)),
     ]
     checks = [
@@ -893,13 +966,19 @@ def c8_analyze(d: Datasets) -> tuple[Rows, list[Check]]:
             "<",
             SLOPE,
         ),
-        combine(
+        compare(
             "offline breaks consistency (Sec. 3.2: 'larger gaps between widths'): the offline "
             "gap to the widest > 2 × the online one at every width",
-            gap_off,
-            gap_on,
+            ratio,
             ">",
             2.0,
+        ),
+        compare(
+            "offline can break 'wider is better' (Sec. 3.2): the final held-out loss rises "
+            "with width (slope > 0)",
+            fin_off,
+            ">",
+            SLOPE,
         ),
         compare(
             "the networks over-fit the noisy labels (Sec. 3.2): final training loss < 0.5 × "
@@ -1113,6 +1192,17 @@ CLAIMS: dict[str, Claim] = {
             ("c6_lazy_entk",),
             c6_analyze,
             c6_figures,
+            expected_fail=("'the dominant effect is the latter'",),
+            scale_note=(
+                "at widths 64-512 the ensembled eNTKs (40 seeds) are so close to the widest's "
+                "that the whole width effect on the predicted loss is a few percent, and its "
+                "split into an eigenvector and an eigenvalue part is not resolved: "
+                "+0.012 [−0.065, 0.069] of the widest's loss. Narrower widths make the effect "
+                "larger but leave the lazy regime: with widths from 16 (measured) the "
+                "eigenvalues dominate at width 16 (−0.136 [−0.238, 0.066]), its spectrum is "
+                "10 % from the widest's and the ensembled-kernel gradient flow misses the "
+                "measured loss (RMS log10 ratio 0.16). The paper uses larger D and more points."
+            ),
         ),
         Claim(
             "C7",
@@ -1121,6 +1211,16 @@ CLAIMS: dict[str, Claim] = {
             ("c7_ntp_vs_mup_ntp", "c7_ntp_vs_mup_mup"),
             c7_analyze,
             c7_figures,
+            expected_fail=("NTP: 'wider networks tend to train more slowly",),
+            scale_note=(
+                "the slow-down of feature learning under NTP is measured (alignment-gain slope "
+                "−0.27 against muP's −0.05), but on Fashion-MNIST it does not cost accuracy: the "
+                "kernel regime that wide NTP networks approach learns this task as fast as "
+                "feature learning does in 300 steps, so the mean test error falls with width "
+                "under NTP too (0.211 → 0.181 from width 64 to 1024; muP 0.211 → 0.186). The "
+                "paper's CIFAR-10 CNNs (App. D) need their features to perform; a task where a "
+                "kernel is slow (e.g. a high-degree single-index target) is the next design to try."
+            ),
         ),
         Claim(
             "C8",
@@ -1129,6 +1229,20 @@ CLAIMS: dict[str, Claim] = {
             ("c8_offline_label_noise", "c8_online"),
             c8_analyze,
             c8_figures,
+            expected_fail=(
+                "offline breaks consistency (Sec. 3.2",
+                "offline can break 'wider is better'",
+            ),
+            scale_note=(
+                "on 500 Fashion-MNIST images with half the labels random, the MLPs over-fit "
+                "(final loss on the noisy training set 0.33-0.61 nats, held-out 4.2-5.1) but do "
+                "not memorize completely in 900 steps, and the held-out loss's seed spread is "
+                "15 % (online 6 %) at 4 seeds: the offline gap to the widest is 0.4-1.6 × the "
+                "online one (not the paper's 'larger gaps'), and the final held-out loss rises "
+                "with width in the paper's direction (4.2 at width 64, 4.7 at 1024; slope "
+                "+0.045 [−0.034, 0.123]) without the seeds resolving it. The paper's effect "
+                "comes with full memorization and double descent (ResNet-18 on CIFAR-50k)."
+            ),
         ),
         Claim(
             "C9",

@@ -3,6 +3,8 @@
     python examples/paper/reproduce.py                       # every claim
     python examples/paper/reproduce.py --claims C1 C3        # some claims
     python examples/paper/reproduce.py --runs /tmp/paper_runs --no-doc
+    python examples/paper/reproduce.py --profile gpu --data cifar5m=~/data/cifar5m \
+        --data wikitext=~/data/wikitext-103 --device cuda [--reduced]
 
 Each claim's specs (examples/paper/c*.yaml) are run with widthwise into ``--runs``
 (resumable: finished studies are skipped and their recorded wall time reused), the
@@ -12,6 +14,12 @@ functions into docs/img/repro/, and the verdict follows from the checks in
 ``claims.py``. The generated block of docs/reproduction.md (between the BEGIN/END
 GENERATED markers) is replaced unless ``--no-doc``. A claim whose data set is not
 installed is skipped with one line naming what to install; the others still run.
+
+``--profile gpu`` runs the paper-scale studies of ``examples/paper/gpu/`` instead
+(``gpu_profiles.py``: ResNet-18-LN on CIFAR-5m, the muP transformer on Wikitext-103,
+the lazy MLP of Fig. 10), each into ``--runs``, with ``widthwise report`` on each;
+``--data STREAM=DIR`` points a profile at its data set (a profile whose data is not
+given is skipped with one line), ``--reduced`` runs the few-minute versions.
 """
 
 from __future__ import annotations
@@ -143,12 +151,61 @@ def write_doc(results: list[ClaimResult]) -> None:
     DOC.write_text(head + BEGIN + "\n" + body.rstrip() + "\n" + END + tail)
 
 
+def data_dirs(items: list[str]) -> dict[str, str]:
+    """``["cifar5m=DIR", ...]`` as a dict; a malformed item is a one-line error (exit 2)."""
+    out = {}
+    for item in items:
+        stream, sep, path = item.partition("=")
+        if not sep or not stream or not path:
+            raise SystemExit(f"--data: {item!r} is not STREAM=DIR (e.g. cifar5m=~/data/cifar5m)")
+        out[stream] = path
+    return out
+
+
+def run_gpu_profiles(args: argparse.Namespace) -> int:
+    """Every paper-scale profile whose data is given (gpu_profiles.py), then its report."""
+    import gpu_profiles
+
+    from widthwise.errors import UserError
+    from widthwise.report import build_report
+
+    dirs = data_dirs(args.data)
+    done = 0
+    for name in gpu_profiles.PROFILES:
+        try:
+            study = gpu_profiles.run_profile(
+                name,
+                args.runs,
+                data_dirs=dirs,
+                reduced=args.reduced,
+                device=args.device,
+                progress=True,
+            )
+        except UserError as e:
+            print(f"{name}: skipped: {str(e).splitlines()[0]}", file=sys.stderr)
+            continue
+        print(f"{name}: {study} (report: {build_report(study)})")
+        done += 1
+    return 0 if done else 2
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--claims", nargs="+", default=list(CLAIMS), choices=list(CLAIMS))
     ap.add_argument("--runs", type=Path, default=Path("/tmp/paper_runs"))
     ap.add_argument("--no-doc", action="store_true", help="print only; leave the docs alone")
+    ap.add_argument(
+        "--profile",
+        choices=["laptop", "gpu"],
+        default="laptop",
+        help="laptop: the claims' specs (default); gpu: the paper-scale studies of gpu/",
+    )
+    ap.add_argument("--data", action="append", default=[], metavar="STREAM=DIR")
+    ap.add_argument("--reduced", action="store_true", help="gpu: the few-minute profiles")
+    ap.add_argument("--device", default=None, help="gpu: e.g. cuda (default: the spec's)")
     args = ap.parse_args(argv)
+    if args.profile == "gpu":
+        return run_gpu_profiles(args)
     results = []
     for cid in args.claims:
         res = run_claim(cid, args.runs, figures_dir=None if args.no_doc else IMG)
