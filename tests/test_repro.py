@@ -9,8 +9,9 @@ module runs every spec of ``examples/paper/`` once (the same studies as
   except the checks a claim lists in ``expected_fail`` with the reason it cannot be
   shown at this scale, which must not pass;
 - feeds every claim's analysis the same studies with every measured array replaced by
-  pure noise (no width effect), by NaN and by a constant, and asserts that no check
-  passes (a check that can pass on such data is a check that cannot fail).
+  pure noise (no width effect; 4 draws, a check may pass on at most one of them by
+  chance), by NaN and by a constant (no check may pass), so that a check that can pass
+  on such data, a check that cannot fail, is caught.
 """
 
 from __future__ import annotations
@@ -83,17 +84,35 @@ def perturbed(ds: xr.Dataset, mode: str, rng: np.random.Generator) -> xr.Dataset
     return out
 
 
+NOISE_DRAWS = 4
+"""Noise data sets per claim (C6, whose analysis takes minutes, gets one). A check decided
+on a 95 % interval passes pure noise by chance at most ~2.5 % of the time, so "never on
+one draw" would be a coin toss over ~40 checks; a check that passes on 2 of 4 draws
+(chance ~0.4 %) is one that cannot tell noise from a width effect."""
+
+
+def analyze(claim: claims.Claim, dsets: dict[str, xr.Dataset]) -> list[claims.Check] | None:
+    """The claim's checks on ``dsets``; None when the analysis refuses the data."""
+    with np.errstate(all="ignore"):
+        try:
+            return claim.analyze(dsets)[1]
+        except widthwise.analysis.AnalysisError:
+            return None  # refusing the data is as good as not passing
+
+
 @pytest.mark.parametrize("mode", ["noise", "nan", "constant"])
 @pytest.mark.parametrize("cid", list(claims.CLAIMS))
 def test_checks_fail_on_bad_data(cid: str, mode: str, runs: Path, results) -> None:
     claim = claims.CLAIMS[cid]
     assert not results[cid].skipped, results[cid].skipped
-    rng = np.random.default_rng(0)
-    dsets = {n: perturbed(widthwise.open_study(runs / n), mode, rng) for n in claim.specs}
-    with np.errstate(all="ignore"):
-        try:
-            _, checks = claim.analyze(dsets)
-        except widthwise.analysis.AnalysisError:
-            return  # refusing the data is as good as not passing
-    passed = [c.text for c in checks if c.passed]
-    assert not passed, f"{cid} on {mode}: these checks passed: {passed}"
+    studies = {n: widthwise.open_study(runs / n) for n in claim.specs}
+    draws = (1 if cid == "C6" else NOISE_DRAWS) if mode == "noise" else 1
+    passes: dict[str, int] = {}
+    for draw in range(draws):
+        rng = np.random.default_rng(draw)
+        checks = analyze(claim, {n: perturbed(ds, mode, rng) for n, ds in studies.items()})
+        for c in checks or []:
+            passes[c.text] = passes.get(c.text, 0) + c.passed
+    allowed = 1 if draws > 1 else 0
+    bad = {t: n for t, n in passes.items() if n > allowed}
+    assert not bad, f"{cid} on {mode}: these checks passed (times of {draws}): {bad}"

@@ -145,6 +145,15 @@ def after_init(da: xr.DataArray, step_dim: str) -> xr.DataArray:
     return da.sel({step_dim: steps[steps >= 1]})
 
 
+def time_slope(loss: xr.DataArray, step_dim: str) -> xr.DataArray:
+    """OLS slope of the seed-mean ``loss`` against log(step) (steps > 0); dims (width,)."""
+    m = loss.mean("seed")
+    m = m.sel({step_dim: m[step_dim].values[m[step_dim].values > 0]})
+    t = np.log(m[step_dim].astype(float))
+    dt = t - t.mean()
+    return ((m - m.mean(step_dim)) * dt).sum(step_dim) / (dt**2).sum()
+
+
 def mean_gap_to_widest(loss: xr.DataArray, step_dim: str = "test_step") -> xr.DataArray:
     """Mean over steps of |L̄_n(t) − L̄_N(t)| / L̄_N(t), L̄ the seed mean; (width,) without N."""
     m = loss.mean("seed")
@@ -287,6 +296,16 @@ def c2_analyze(d: Datasets) -> tuple[Rows, list[Check]]:
         ).max("kernels_layer")
 
     learned = boot(k_all, moved, sample_dims=KERNEL)
+
+    def shared_change(z: xr.DataArray) -> xr.DataArray:
+        """Cosine between the narrowest's and the widest's seed-mean kernel change
+        (end − init), per layer: what was learned is the same function of the data."""
+        m = z.mean("seed")
+        dk = m.isel(kernels_step=-1) - m.isel(kernels_step=0)
+        a, b = dk.isel(width=0), widest(dk)
+        return (a * b).sum(KERNEL) / np.sqrt((a**2).sum(KERNEL) * (b**2).sum(KERNEL))
+
+    shared = boot(k_all, shared_change, sample_dims=KERNEL)
     h = ds.preact_hist.isel(preacts_step=-1)
     edges = ds.preacts_edge
 
@@ -304,6 +323,7 @@ def c2_analyze(d: Datasets) -> tuple[Rows, list[Check]]:
         ("kernel CKA to the widest (seed means), per layer", describe(cka)),
         ("preactivation W1 to the widest (seed vs seed), per layer", describe(w1_iv)),
         ("widest kernel's rel. change init → end (largest over layers)", describe(learned)),
+        ("cosine of the narrowest's and the widest's kernel change, per layer", describe(shared)),
     ]
     layers = [str(v) for v in k.kernels_layer.values]
     players = [str(v) for v in h.preacts_layer.values]
@@ -327,12 +347,14 @@ def c2_analyze(d: Datasets) -> tuple[Rows, list[Check]]:
             "with width in every layer (slope < 0)",
             (compare(n, w1_slope.sel(preacts_layer=n), "<", SLOPE) for n in players),
         ),
-        compare(
-            "features were learned (the kernels' agreement is not the init's): the widest "
-            "kernel moved > 10 % (rel. Frobenius) from init in some layer",
-            learned,
-            ">",
-            0.10,
+        all_of(
+            "features were learned, the same at every width (the kernels' agreement is not "
+            "the init's): the widest kernel moved > 10 % (rel. Frobenius) from init, and the "
+            "narrowest's change (end − init) points the same way (cosine > 0.5 in every layer)",
+            (
+                compare("moved", learned, ">", 0.10),
+                compare("cosine", shared, ">", 0.5),
+            ),
         ),
     ]
     return rows, checks
@@ -538,8 +560,14 @@ def c4_analyze(d: Datasets) -> tuple[Rows, list[Check]]:
     labels = ds.test_label.values
     iv = boot(x, lambda z: bias_variance_parts(z, labels), sample_dims=SAMPLE)
     narrow = iv.isel(width=0)
+    var_slope = boot(
+        x,
+        lambda z: log_slope(bias_variance_parts(z, labels).sel(part="variance")),
+        sample_dims=SAMPLE,
+    )
     e = x.sizes["seed"]
     rows = [(f"{p.replace('_', ' ')} (cross-entropy)", describe(iv.sel(part=p))) for p in BV_PARTS]
+    rows.append(("log-log slope in width of the variance gap", describe(var_slope)))
     checks = [
         compare(
             "bias dominates at narrow width (Sec. 3.1: 'bias is much larger than variance'): "
@@ -556,11 +584,12 @@ def c4_analyze(d: Datasets) -> tuple[Rows, list[Check]]:
             0.0,
         ),
         compare(
-            "ensembling removes variance (Sec. 3: 'mitigated by averaging the output logits'): "
-            "variance gap > 0 at every width",
-            iv.sel(part="variance"),
-            ">",
-            0.0,
+            "the variance is the finite-width init variance (Sec. 3: it falls like 1/n and is "
+            "'mitigated by averaging the output logits'): the variance gap (single − "
+            "ensemble) falls with width (log-log slope < 0)",
+            var_slope,
+            "<",
+            SLOPE,
         ),
     ]
     return rows, checks
@@ -944,6 +973,11 @@ def c8_analyze(d: Datasets) -> tuple[Rows, list[Check]]:
         lambda z: (m := z.mean("seed").mean("width")).sel(which="train") / m.sel(which="test"),
         sample_dims=("which",),
     )
+    late = lambda z, dim: z.sel({dim: z[dim].values[z[dim].values >= z[dim].values[-1] / 8]})  # noqa: E731
+    rise = boot(late(off.test_loss, "test_step"), lambda z: time_slope(z, "test_step"))
+    fall = boot(
+        late(off.train_eval_loss, "train_eval_step"), lambda z: time_slope(z, "train_eval_step")
+    )
     rows = [
         ("offline (noisy labels): mean relative test-loss gap to the widest", describe(gap_off)),
         ("online: the same", describe(gap_on)),
@@ -951,6 +985,8 @@ def c8_analyze(d: Datasets) -> tuple[Rows, list[Check]]:
         ("online: log-log slope in width of the final test loss", describe(fin_on)),
         ("offline: the same (held-out loss)", describe(fin_off)),
         ("offline: final loss on the noisy training set / held-out loss", describe(memo)),
+        ("offline, last 7/8 of training: slope of the held-out loss in log step", describe(rise)),
+        ("offline, the same: slope of the loss on the noisy training set", describe(fall)),
     ]
     checks = [
         compare(
@@ -981,11 +1017,12 @@ def c8_analyze(d: Datasets) -> tuple[Rows, list[Check]]:
             SLOPE,
         ),
         compare(
-            "the networks over-fit the noisy labels (Sec. 3.2): final training loss < 0.5 × "
-            "held-out loss",
-            memo,
-            "<",
-            0.5,
+            "the networks over-fit the noisy labels (Sec. 3.2): over the last 7/8 of training "
+            "the held-out loss rises at every width (slope in log step > 0; the loss on the "
+            "noisy training set ends at a tenth of it, see the table)",
+            rise,
+            ">",
+            0.0,
         ),
     ]
     return rows, checks
@@ -1052,6 +1089,16 @@ def c9_analyze(d: Datasets) -> tuple[Rows, list[Check]]:
     share = boot(
         end, lambda z: _tv_to_widest(z).isel(width=-1) / _tv_moved(z, init), sample_dims=ATT
     )
+
+    def shared_change(z: xr.DataArray) -> xr.DataArray:
+        """Cosine between the narrowest's and the widest's seed-mean map change from init
+        (over layers, heads, sequences, queries and keys): the same maps were learned."""
+        dm = z.mean("seed") - init
+        a, b = dm.isel(width=0), widest(dm)
+        over = [d for d in a.dims if d != "replicate"]
+        return (a * b).sum(over) / np.sqrt((a**2).sum(over) * (b**2).sum(over))
+
+    shared = boot(end, shared_change, sample_dims=ATT)
     loss = boot(ds.test_loss.isel(test_step=-1), lambda z: z.mean("seed"))
     rows = [
         (
@@ -1060,6 +1107,7 @@ def c9_analyze(d: Datasets) -> tuple[Rows, list[Check]]:
         ),
         ("widest maps: TV distance end vs init", describe(moved)),
         ("second widest's distance / the learned change", describe(share)),
+        ("cosine of the narrowest's and the widest's map change from init", describe(shared)),
         ("final test loss (seed mean)", describe(loss)),
     ]
     checks = [
@@ -1076,11 +1124,10 @@ def c9_analyze(d: Datasets) -> tuple[Rows, list[Check]]:
             "<",
             SLOPE,
         ),
-        compare(
-            "attention maps were learned: the widest maps moved > 0.1 (TV) from init",
-            moved,
-            ">",
-            0.1,
+        all_of(
+            "attention maps were learned, the same at every width: the widest maps moved > 0.1 "
+            "(TV) from init, and the narrowest's change points the same way (cosine > 0.5)",
+            (compare("moved", moved, ">", 0.1), compare("cosine", shared, ">", 0.5)),
         ),
         compare(
             "the second widest's maps agree with the widest's (Fig. 1d): TV distance < half the "

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _LAZY = {
+    "attention_scale": "widthwise.families.module",
     "coord_check": "widthwise.coordinate_check",
     "SpecError": "widthwise.errors",
     "StoreError": "widthwise.errors",
@@ -28,6 +29,7 @@ _LAZY = {
     "PROBES": "widthwise.probes",
     "StudySpec": "widthwise.spec",
     "load_spec": "widthwise.spec",
+    "load_member": "widthwise.members",
     "open_study": "widthwise.store",
     "STREAMS": "widthwise.streams",
     "run": "widthwise.study",
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
     from widthwise.errors import SpecError, StoreError, UserError
     from widthwise.executors import EXECUTORS
     from widthwise.families import FAMILIES
+    from widthwise.families.module import attention_scale
+    from widthwise.members import load_member
     from widthwise.parameterization import PARAMETERIZATIONS
     from widthwise.probes import PROBES
     from widthwise.spec import StudySpec, load_spec
@@ -70,7 +74,9 @@ __all__ = [
     "StudySpec",
     "UserError",
     "__version__",
+    "attention_scale",
     "coord_check",
+    "load_member",
     "load_spec",
     "open_study",
     "run",

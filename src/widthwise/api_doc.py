@@ -37,7 +37,7 @@ SECTIONS: tuple[tuple[str, tuple[str, ...] | None, str], ...] = (
     ),
     (
         "widthwise.families",
-        ("Network", "build_network"),
+        ("Network", "build_network", "from_module"),
         "model families ([families.md](families.md))",
     ),
     (

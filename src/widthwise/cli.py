@@ -163,10 +163,13 @@ def _cmd_list(args: argparse.Namespace, console: Console) -> int:
 
 def _cmd_coord_check(args: argparse.Namespace, console: Console) -> int:
     from widthwise.coordinate_check import coord_check
-    from widthwise.spec import load_spec
+    from widthwise.families.module import print_roles
+    from widthwise.spec import load_spec, refuse_code
 
     import_plugins(args.imports)
     spec = load_spec(args.spec, device=args.device)
+    refuse_code(spec, args.imports)  # a module family's factory is code (docs/security.md)
+    print_roles(spec, console)  # module families: the inferred roles (docs/modules.md)
     da = coord_check(spec, steps=args.steps)
     table = Table(
         title=f"mean |activation| after {args.steps} steps ({spec.parameterization.name})"

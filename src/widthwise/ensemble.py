@@ -26,6 +26,7 @@ command line and the worker processes widthwise starts switch it on).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -165,6 +166,12 @@ class Ensemble:
         self.device = device
         self.dtype = dtype
         self.strategy = choose_strategy(strategy, network.width, device, network.stackable)
+        if self.strategy == "vmap" and not getattr(network.apply, "vmappable", True):
+            # a module family whose vmapped forward fails or disagrees with a per-member
+            # loop (widthwise.families.module.ModuleApply.check_vmap): the loop, said once
+            notice = f"{network.family}: {network.apply.vmap_notice}; seeds run one by one"
+            warnings.warn(notice, stacklevel=2)
+            self.strategy = "loop"
         self.center = center
         self.params0: dict[str, Tensor] | None = None
         self._vmapped = torch.func.vmap(self._apply_member, in_dims=(0, None, None))

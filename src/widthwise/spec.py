@@ -326,19 +326,31 @@ CODE_KEYS: dict[str, str] = {
     "executor.options.setup": "runs shell commands on the cluster",
     "executor.options.runtime_env": "makes Ray install and run code on every worker",
     "executor.options.imports": "imports (runs) Python modules in every worker",
+    "model.options.factory": "imports (runs) a Python module to build the model",
 }
 """Spec keys whose values run code, and what they do (``--allow-code`` lets them)."""
 
 
-def code_in_spec(spec: StudySpec, trusted_imports: Sequence[str] = ()) -> list[str]:
+def code_in_spec(
+    spec: StudySpec, trusted_imports: Sequence[str] = (), keys: Sequence[str] | None = None
+) -> list[str]:
     """The keys of ``spec`` that would run code, one line each (empty: the spec runs none).
 
     ``trusted_imports`` are modules the caller asked for itself (the command line's
-    ``--import``): they are not the spec's code. docs/security.md says why.
+    ``--import``): they are not the spec's code. docs/security.md says why. ``keys``
+    limits the check to those of :data:`CODE_KEYS`.
     """
     options = spec.executor.options
     problems = []
     for key, what in CODE_KEYS.items():
+        if keys is not None and key not in keys:
+            continue
+        if key == "model.options.factory":  # the module family; widthwise's own are trusted
+            ref = spec.model.options.get("factory") if spec.model.family == "module" else None
+            mod = ref.partition(":")[0] if isinstance(ref, str) else ""
+            if ref and not mod.startswith("widthwise.") and mod not in set(trusted_imports):
+                problems.append(f"{key}: {what} ({_short(ref)})")
+            continue
         value = options.get(key.rsplit(".", 1)[-1])
         if key.endswith(".imports") and isinstance(value, list):
             value = [m for m in value if m not in set(trusted_imports)]
@@ -347,10 +359,12 @@ def code_in_spec(spec: StudySpec, trusted_imports: Sequence[str] = ()) -> list[s
     return problems
 
 
-def refuse_code(spec: StudySpec, trusted_imports: Sequence[str] = ()) -> None:
+def refuse_code(
+    spec: StudySpec, trusted_imports: Sequence[str] = (), keys: Sequence[str] | None = None
+) -> None:
     """A one-line :class:`~widthwise.errors.SpecError` naming every key of ``spec`` that
-    would run code; nothing when it runs none."""
-    problems = code_in_spec(spec, trusted_imports)
+    would run code (of ``keys``, when given); nothing when it runs none."""
+    problems = code_in_spec(spec, trusted_imports, keys)
     if problems:
         raise SpecError(
             "; ".join(problems) + "; pass --allow-code (widthwise.run(..., allow_code=True)) "

@@ -28,6 +28,7 @@ from widthwise.device import check_device
 from widthwise.errors import SpecError, StoreError, UserError
 from widthwise.executors import EXECUTORS, ExecutorContext, ExecutorFlags, WidthExecutor
 from widthwise.executors.local import WorkerDied
+from widthwise.families.module import trust_factory
 from widthwise.job import WidthJob, build_stream, raise_if_error, run_job
 from widthwise.progress import StudyProgress, last_train_loss, study_progress
 from widthwise.resources import check_resources, describe_resources
@@ -217,8 +218,9 @@ def run(
     """
     from_spec = executor is None or isinstance(executor, str)  # else the caller's own mapping
     spec = _resolve_spec(spec, out, device, executor)
-    if not allow_code and from_spec:
-        refuse_code(spec, trusted_imports)
+    if not allow_code:  # a caller's own executor mapping: the spec's factory is still the spec's
+        refuse_code(spec, trusted_imports, keys=None if from_spec else ("model.options.factory",))
+    trust_factory(spec)  # checked above: a module family may import its factory
     cls, options = executor_class(spec)
     cls.preflight(options)
     if cls.same_host:  # e.g. no GPU, or bf16 on one without it: before anything is written

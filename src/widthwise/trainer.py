@@ -116,6 +116,9 @@ class EnsembleTrainer:
             network_rules=self.network_rules,
         )
         self.rules = rules_for(param, list(self.network.params), ctx)
+        bind = getattr(self.network.apply, "bind_parameterization", None)
+        if bind is not None:  # a module family's tied readout takes an output rule's multiplier
+            bind(lambda specs: rules_for(param, specs, ctx))
         self.loss_name = training_loss(spec.loss, stream)
         self.ensemble = Ensemble(
             self.network,

@@ -51,6 +51,7 @@ from widthwise.analysis.similarity import (
     wasserstein1,
     wasserstein1_to_widest,
 )
+from widthwise.analysis.spectra import curvature_to_widest, density_mean, density_w1_to_widest
 from widthwise.analysis.study_horizon import horizon_summary, study_horizons
 from widthwise.analysis.uncertainty import (
     bootstrap_over_seeds,
@@ -79,6 +80,9 @@ __all__ = [
     "compare_loss_curves",
     "consistency_horizon",
     "consistency_verdict",
+    "curvature_to_widest",
+    "density_mean",
+    "density_w1_to_widest",
     "consistent_width",
     "cumulative_task_power",
     "ensemble_size_curve",

@@ -6,9 +6,11 @@ from typing import Any
 
 from widthwise.families import cnn as _cnn  # noqa: F401  (registers "cnn")
 from widthwise.families import mlp as _mlp  # noqa: F401  (registers "mlp")
+from widthwise.families import module as _module  # noqa: F401  (registers "module")
 from widthwise.families import resnet as _resnet  # noqa: F401  (registers "resnet18_ln")
 from widthwise.families import transformer as _transformer  # noqa: F401  (registers "transformer")
 from widthwise.families.base import FAMILIES, Network
+from widthwise.families.module import from_module
 from widthwise.parameterization import NetworkRules
 
 
@@ -35,4 +37,4 @@ def build_network(
     return entry.obj(width, in_shape, out_dim, options)
 
 
-__all__ = ["FAMILIES", "Network", "build_network"]
+__all__ = ["FAMILIES", "Network", "build_network", "from_module"]

@@ -27,6 +27,7 @@ from widthwise.errors import StoreError, UserError
 from widthwise.report import sections_curves as sc
 from widthwise.report import sections_horizon as sh
 from widthwise.report import sections_repr as sr
+from widthwise.report import sections_spectra as ss
 from widthwise.report.html import render_html
 from widthwise.report.section import (
     TOL,
@@ -67,6 +68,7 @@ def study_sections(
         sr.preacts_section,
         sr.attention_section,
         sr.sharpness_section,
+        ss.spectra_section,
         sc.bias_variance_section,
         sc.power_law_section,
         sr.ntk_section,

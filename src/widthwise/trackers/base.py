@@ -5,7 +5,12 @@ A tracker mirrors, per width, one run (W&B run, MLflow run, TensorBoard run
 directory) holding each scalar variable of the study — every variable with dims
 (width, seed, <step dim>) in :func:`widthwise.open_study` — as ``<var>/mean`` (mean
 over the seeds with a finite value) and ``<var>/seed_<id>``, at the training step
-(all step dims count optimizer updates). Non-finite values (a diverged member, a
+(all step dims count optimizer updates). Small per-step arrays are mirrored too, from
+the npz files of probes whose variables all have at most two dims (the sharpness
+probe): a variable with dims (seed, ``<probe>_eig``) as its top eigenvalue (index 0)
+under ``<var>/mean`` and ``<var>/seed_<id>``, one with dims (seed, ``<probe>_layer``)
+as ``<var>/<layer>/mean`` and ``<var>/<layer>/seed_<id>`` per recorded layer (group)
+name; other arrays (densities, kernels) are not mirrored. Non-finite values (a diverged member, a
 step a width has not reached) are not mirrored. A width that has not finished is
 mirrored only up to its last checkpoint: later records are dropped and redone when
 the study resumes, so nothing mirrored ever changes afterwards.
@@ -27,6 +32,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from widthwise.errors import UserError
+from widthwise.store import records as rec
 from widthwise.store.study_dir import StudyDir
 
 
@@ -95,6 +101,46 @@ def _final_before(status: dict[str, Any], checkpoint_every: int) -> float:
     return (step // max(checkpoint_every, 1)) * max(checkpoint_every, 1)
 
 
+def _small_arrays(
+    width_dir: Path, width: int, n_seeds: int
+) -> dict[tuple[str, str], dict[int, list[float]]]:
+    """Per-seed series read from small arrays (see the module doc), keyed like the
+    scalar log: {(probe, name): {step: per-seed values}}."""
+    out: dict[tuple[str, str], dict[int, list[float]]] = {}
+    arrays_dir = width_dir / "arrays"
+    try:
+        pdirs = sorted(p for p in arrays_dir.iterdir() if p.is_dir() and not p.is_symlink())
+    except OSError:
+        return out
+    for pdir in pdirs:
+        try:
+            dims = rec.read_json(pdir / "dims.json")
+        except (OSError, ValueError):
+            continue
+        if not rec.valid_dims(dims) or any(len(d) > 2 for d in dims.values()):
+            continue  # kernels and other large arrays: not read here
+        wanted = {
+            v: d[1] for v, d in dims.items() if len(d) == 2 and d[1].endswith(("_eig", "_layer"))
+        }
+        if not wanted:
+            continue
+        found = rec.WidthRecords()
+        rec._load_probe_dir(pdir, width, n_seeds, found)  # noqa: SLF001
+        for (probe, var), (_, by_step) in found.arrays.items():
+            dim = wanted.get(var)
+            if dim is None:
+                continue
+            if dim.endswith("_eig"):
+                out[(probe, var)] = {s: a[:, 0].tolist() for s, a in by_step.items() if a.shape[1]}
+                continue
+            names = found.coords.get(dim, ([], []))[1]
+            for i, name in enumerate(names):
+                out[(probe, f"{var}/{name}")] = {
+                    s: a[:, i].tolist() for s, a in by_step.items() if i < a.shape[1]
+                }
+    return out
+
+
 class Study:
     """A study directory as the trackers see it: its spec, identity and scalars."""
 
@@ -146,6 +192,7 @@ class Study:
             status = wd.read_status()
             final_before = _final_before(status, every)
             scalars, _ = wd.read_scalars()
+            scalars = {**scalars, **_small_arrays(wd.path, int(width), len(self.seeds))}
             ws = WidthScalars(int(width), str(status.get("state", "unknown")))
             for (_probe, var), by_step in sorted(scalars.items()):
                 if any(len(v) != len(self.seeds) for v in by_step.values()):

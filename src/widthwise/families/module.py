@@ -1,0 +1,582 @@
+"""Bring your own PyTorch model: any ``nn.Module`` whose size is set by a width is a family.
+
+In Python, ``widthwise.families.from_module(make_model, name="my_net")`` registers a
+family from a callable ``width -> nn.Module``; in a spec, ``model: {family: module,
+options: {factory: "package.module:make_model", kwargs: {...}}}`` imports it (the
+module is code: the spec needs ``--allow-code``, or ``--import package.module``;
+docs/security.md). docs/modules.md is the guide.
+
+How a module becomes a :class:`~widthwise.families.Network`:
+
+* **roles** are read from its shapes at ``width`` and ``2·width`` as
+  ``mup.set_base_shapes`` does (:mod:`widthwise.families.module_roles`), overridable
+  in ``model.options.roles``;
+* **apply** is ``torch.func.functional_call`` of the module on the effective weights
+  (every alias of a tied tensor bound to the one stacked tensor), vmap-able over the
+  seed dim; buffers are the module's own (constants shared by the members);
+* **taps** come from forward hooks: ``act/<module>`` and ``preact/<module>`` for
+  every ``nn.Linear``/conv output (or the modules ``layers:`` names), the readout's
+  input as ``act/<readout>.in``, and ``attn/<module>`` for the modules ``attention:``
+  names; outputs with more dims are averaged over positions/pixels to
+  ``(batch, features)`` as the built-in transformer and CNN do;
+* **vmap safety**: before an ensemble runs members through ``torch.func.vmap``, the
+  vectorized forward and one gradient are compared with a per-member loop on a small
+  batch (:meth:`ModuleApply.check_vmap`); where vmap fails or disagrees beyond
+  float rounding the ensemble falls back to the loop with a notice.
+
+Attention: muP scales scores by 1/d_head. A module takes the scale from widthwise
+with :func:`attention_scale` (``F.scaled_dot_product_attention(q, k, v,
+scale=widthwise.attention_scale(d_head))``); outside widthwise it returns 1/√d_head.
+A module that runs attention without it keeps 1/√d_head, and building the family
+says so once.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import inspect
+import os
+import sys
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch import nn
+
+from widthwise.errors import UserError
+from widthwise.families.base import FAMILIES, Network
+from widthwise.families.module_apply import (
+    _SCALE_CALLS,
+    ModuleApply,
+    _CountAttention,
+    attention_exponent,
+    attention_hooks,
+    attention_scale,
+    example_input,
+    logits_of,
+)
+from widthwise.families.module_roles import (
+    _CONV,
+    _CONV_T,
+    RoleOverride,
+    infer_roles,
+    is_hf_conv1d,
+)
+from widthwise.parameterization import NetworkRules, Role
+
+__all__ = [
+    "ModuleApply",
+    "ModuleFamilyOptions",
+    "ModuleOptions",
+    "attention_exponent",
+    "attention_hooks",
+    "attention_scale",
+    "build_module",
+    "call_factory",
+    "from_module",
+    "load_factory",
+    "logits_of",
+    "print_roles",
+    "roles_table",
+    "trust_factory",
+]
+
+
+# -- options ---------------------------------------------------------------------------
+
+
+class RoleOverrideOptions(BaseModel):
+    """A role override with its fan-in."""
+
+    model_config = ConfigDict(extra="forbid")
+    role: Role
+    fan_in: int | None = Field(None, ge=1, le=2**40)
+
+
+class ModuleFamilyOptions(BaseModel):
+    """Options of a family registered with ``from_module`` (all optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments passed to the factory"
+    )
+    roles: dict[str, Role | RoleOverrideOptions] = Field(
+        default_factory=dict,
+        description="tensor name or glob -> role (input, hidden, output, vector, fixed), "
+        "or {role, fan_in}: overrides the inferred role",
+    )
+    layers: list[str] | None = Field(
+        None,
+        description="submodule names or globs to tap (default: every Linear/conv output "
+        "and the readout's input)",
+    )
+    attention: list[str] = Field(
+        default_factory=list,
+        description="submodules whose output is attention probabilities (B, heads, T, T)",
+    )
+    tokens: bool | None = Field(
+        None, description="inputs are token ids (default: when the model has an nn.Embedding)"
+    )
+
+    def role_overrides(self) -> dict[str, RoleOverride]:
+        out = {}
+        for k, v in self.roles.items():
+            out[k] = RoleOverride(v) if isinstance(v, Role) else RoleOverride(v.role, v.fan_in)
+        return out
+
+
+class ModuleOptions(ModuleFamilyOptions):
+    """Options of the ``module`` family: a factory named in the spec, and its options."""
+
+    factory: str = Field(
+        ...,
+        max_length=300,
+        description="'package.module:function' returning an nn.Module for a width "
+        "(runs code: needs --allow-code or --import package.module)",
+    )
+
+    @field_validator("factory")
+    @classmethod
+    def _form(cls, v: str) -> str:
+        mod, sep, attr = v.partition(":")
+        if not sep or not mod or not attr:
+            raise ValueError(f"expected 'package.module:function', got {v!r}")
+        return v
+
+
+# -- the factory -----------------------------------------------------------------------
+
+
+_TRUSTED_MODULES: set[str] = set()
+"""Factory modules a caller has allowed to be imported (:func:`trust_factory`)."""
+
+
+def trust_factory(spec: Any) -> None:
+    """Allow the import of ``spec``'s factory module: for callers that have checked that
+    the spec may run code (``widthwise.run`` after ``--allow-code``/``allow_code``)."""
+    ref = spec.model.options.get("factory") if spec.model.family == "module" else None
+    if isinstance(ref, str):
+        _TRUSTED_MODULES.add(ref.partition(":")[0])
+
+
+def load_factory(ref: str) -> Callable[..., Any]:
+    """The callable ``'package.module:function'`` names, imported as ``--import`` does
+    (the current directory searched last); any failure is one line naming the key.
+
+    A spec is data (docs/security.md): the module is imported only when it is already
+    imported (``--import``, or your own ``import``), is part of widthwise, or was
+    allowed by :func:`trust_factory`; otherwise a one-line error says how to allow it.
+    """
+    mod_name, _, attr = ref.partition(":")
+    trusted = mod_name in sys.modules or mod_name.startswith("widthwise.")
+    if not trusted and mod_name not in _TRUSTED_MODULES:
+        raise UserError(
+            f"model.options.factory: importing {mod_name!r} ({ref!r}) runs its code; "
+            f"pass --import {mod_name} or --allow-code (widthwise.run(..., allow_code=True)), "
+            "or import it yourself first (docs/security.md)"
+        )
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    try:
+        obj: Any = importlib.import_module(mod_name)
+    except Exception as err:  # noqa: BLE001  (any failure of user code is one line)
+        raise UserError(
+            f"model.options.factory: cannot import {mod_name!r} ({ref!r}): "
+            f"{type(err).__name__}: {err}"
+        ) from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise UserError(
+                f"model.options.factory: {mod_name!r} has no attribute {attr!r} ({ref!r})"
+            )
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise UserError(
+            f"model.options.factory: {ref!r} is a {type(obj).__name__}, not a callable "
+            "width -> nn.Module"
+        )
+    return obj
+
+
+def _label(factory: Callable[..., Any]) -> str:
+    mod = getattr(factory, "__module__", "?")
+    return f"{mod}:{getattr(factory, '__qualname__', type(factory).__name__)}"
+
+
+def _takes(factory: Callable[..., Any], name: str) -> bool:
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def call_factory(
+    factory: Callable[..., Any],
+    width: int,
+    kwargs: Mapping[str, Any],
+    in_shape: tuple[int, ...],
+    out_dim: int,
+    label: str,
+) -> nn.Module:
+    """``factory(width, **kwargs)`` (plus ``in_shape``/``out_dim`` where it takes them)."""
+    extra = dict(kwargs)
+    if "in_shape" not in extra and _takes(factory, "in_shape"):
+        extra["in_shape"] = tuple(in_shape)
+    if "out_dim" not in extra and _takes(factory, "out_dim"):
+        extra["out_dim"] = out_dim
+    try:
+        model = factory(width, **extra)
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001  (any failure of user code is one line)
+        msg = " ".join(str(err).split())[:200]
+        raise UserError(
+            f"model.options.factory: {label!r} raised {type(err).__name__} at width {width}: {msg}"
+        ) from None
+    if not isinstance(model, nn.Module):
+        raise UserError(
+            f"model.options.factory: {label!r} returned a {type(model).__name__} at width "
+            f"{width}, not a torch.nn.Module"
+        )
+    return model
+
+
+def _on_meta(factory, width, kwargs, in_shape, out_dim, label) -> nn.Module:  # noqa: ANN001
+    """The model at ``width`` with no memory spent (meta device); on the CPU if that fails."""
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return call_factory(factory, width, kwargs, in_shape, out_dim, label)
+    except UserError:
+        raise
+    except Exception:  # noqa: BLE001  (a factory that cannot build on meta: build it for real)
+        pass
+    return call_factory(factory, width, kwargs, in_shape, out_dim, label)
+
+
+def _is_tap_default(mod: nn.Module) -> bool:
+    return isinstance(mod, (nn.Linear, *_CONV, *_CONV_T)) or is_hf_conv1d(mod)
+
+
+# -- the family ------------------------------------------------------------------------
+
+
+def _check_supported(model: nn.Module, label: str) -> None:
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.modules.dropout._DropoutNd) and mod.p > 0:
+            raise UserError(
+                f"model.options.factory: {label!r} has dropout ({name!r}, p={mod.p}); module "
+                "families do not support dropout yet (members would not be reproducible): "
+                "build it with p=0"
+            )
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.track_running_stats:
+            raise UserError(
+                f"model.options.factory: {label!r} has BatchNorm running statistics "
+                f"({name!r}); module families keep no per-member buffer state yet: use "
+                "track_running_stats=False, LayerNorm or GroupNorm"
+            )
+
+
+def _resolve_taps(
+    model: nn.Module, options: ModuleFamilyOptions, readouts: set[str]
+) -> tuple[dict[str, bool], list[str], list[str]]:
+    """(tapped module -> channels first, readout modules whose input is tapped, attention)."""
+    modules = dict(model.named_modules())
+    names = [n for n in modules if n]
+
+    def matching(pattern: str, key: str) -> list[str]:
+        hits = [n for n in names if n == pattern or fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+            raise UserError(
+                f"{key}: {pattern!r} matches no submodule of the model (its modules: {shown})"
+            )
+        return hits
+
+    attention: list[str] = []
+    for pat in options.attention:
+        attention += [n for n in matching(pat, "model.options.attention") if n not in attention]
+    if options.layers is None:
+        chosen = [n for n in names if _is_tap_default(modules[n]) and n not in readouts]
+        readout_inputs = sorted(readouts, key=names.index)
+    else:
+        chosen = []
+        for pat in options.layers:
+            chosen += [n for n in matching(pat, "model.options.layers") if n not in chosen]
+        readout_inputs = []
+    taps = {n: isinstance(modules[n], _CONV + _CONV_T) for n in chosen}
+    return taps, readout_inputs, attention
+
+
+def build_module_network(
+    factory: Callable[..., Any],
+    family: str,
+    width: int,
+    in_shape: tuple[int, ...],
+    out_dim: int,
+    options: ModuleFamilyOptions,
+    network_rules: NetworkRules | None = None,
+    label: str | None = None,
+) -> Network:
+    """The :class:`Network` of the module ``factory`` builds at ``width``."""
+    label = label or _label(factory)
+    model = call_factory(factory, width, options.kwargs, in_shape, out_dim, label)
+    model2 = _on_meta(factory, 2 * width, options.kwargs, in_shape, out_dim, label)
+    _check_supported(model, label)
+    params, tied = infer_roles(model, model2, width, 2 * width, options.role_overrides())
+    del model2
+    owners_of_output = set()
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    for mname, mod in model.named_modules():
+        for p in mod.parameters(recurse=False):
+            if any(q.name == by_id.get(id(p)) and q.role is Role.OUTPUT for q in params):
+                owners_of_output.add(mname)
+    readouts = owners_of_output | set(tied)
+    taps, readout_inputs, attention = _resolve_taps(model, options, readouts)
+    tokens = options.tokens
+    if tokens is None:
+        tokens = any(isinstance(m, nn.Embedding) for m in model.modules())
+    exponent = (network_rules or NetworkRules()).attn_exponent
+    apply = ModuleApply(
+        model,
+        params,
+        taps,
+        readout_inputs,
+        attention,
+        tied,
+        exponent,
+        tokens,
+        in_shape,
+        out_dim,
+        label,
+    )
+    if not any(p.is_meta for p in model.parameters()):
+        _check_forward(apply, label, exponent)
+    elif sum(p.numel() for p in model.parameters()) <= CHECK_ON_CPU_VALUES:
+        # built on meta (memory estimates, cost counting: before anything is written): the
+        # forward is checked on a real copy, so a failing model stops the study there
+        with torch.device("cpu"):
+            real = call_factory(factory, width, options.kwargs, in_shape, out_dim, label)
+            check = ModuleApply(
+                real, params, {}, [], [], tied, exponent, tokens, in_shape, out_dim, label
+            )
+            _check_forward(check, label, exponent)
+    layers = tuple([*taps, *(f"{r}.in" for r in readout_inputs)])
+    return Network(family, width, tuple(p.spec() for p in params), apply, layers)
+
+
+CHECK_ON_CPU_VALUES = 20_000_000
+"""A module built on the meta device is also built on the CPU and its forward checked
+when it has at most this many parameter values (80 MB in float32)."""
+
+_NOTED: set[tuple[str, str]] = set()
+
+
+def _note(label: str, text: str) -> None:
+    if (label, text) not in _NOTED:
+        _NOTED.add((label, text))
+        warnings.warn(f"{label}: {text}", UserWarning, stacklevel=3)
+
+
+def _check_forward(apply: ModuleApply, label: str, exponent: float) -> None:
+    """One forward with the module's own weights: the output fits the stream, and the
+    attention scale is the parameterization's (or a notice says it is not)."""
+    gen = torch.Generator().manual_seed(0)
+    x = example_input(apply.tokens, apply.in_shape, apply.out_dim, 2, gen)
+    named = dict(apply.model.named_parameters())
+    own = {p.name: named[p.name] for p in apply.params}
+    before = _SCALE_CALLS[0]
+    counter = _CountAttention()
+    saved = {k: b.clone() for k, b in apply.buffers.items()}
+    try:
+        with torch.no_grad(), counter:
+            out, _ = apply(own, x)
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001  (the user's forward failing is one line)
+        msg = " ".join(str(err).split())[:200]
+        raise UserError(
+            f"model.options.factory: {label!r}: the model's forward failed on a batch of "
+            f"shape {tuple(x.shape)}: {type(err).__name__}: {msg}"
+        ) from None
+    for k, b in saved.items():
+        if not torch.equal(b, apply.buffers[k]):  # in-place state: members would share it
+            apply.buffers[k].copy_(b)
+            raise UserError(
+                f"model.options.factory: {label!r}: buffer {k!r} changes during the forward "
+                "pass; module families keep no per-member buffer state yet (members would "
+                "share it): make it a constant or compute it in forward"
+            )
+    if out.shape[0] != 2 or out.shape[-1] != apply.out_dim:
+        raise UserError(
+            f"model.options.factory: {label!r}: the model's output has shape "
+            f"{tuple(out.shape)} for a batch of shape {tuple(x.shape)}; the stream needs "
+            f"(batch, ..., {apply.out_dim})"
+        )
+    scaled = _SCALE_CALLS[0] > before
+    has_attention = counter.calls > 0 or any(
+        isinstance(m, nn.MultiheadAttention) or "attention" in type(m).__name__.lower()
+        for m in apply.model.modules()
+    )
+    if has_attention and not scaled and exponent != 0.5:
+        _note(
+            label,
+            f"its attention is left at 1/sqrt(d_head): the module never calls "
+            f"widthwise.attention_scale(), and the parameterization asks for "
+            f"1/d_head**{exponent:g} (docs/modules.md#attention)",
+        )
+
+
+@FAMILIES.register(
+    "module",
+    options=ModuleOptions,
+    network_rules=True,
+    description="your own nn.Module from a factory 'package.module:function' (docs/modules.md)",
+)
+def build_module(
+    width: int,
+    in_shape: tuple[int, ...],
+    out_dim: int,
+    options: ModuleOptions,
+    *,
+    network_rules: NetworkRules | None = None,
+) -> Network:
+    """The module ``options.factory`` builds at ``width``, roles inferred from its shapes."""
+    factory = load_factory(options.factory)
+    return build_module_network(
+        factory, "module", width, in_shape, out_dim, options, network_rules, options.factory
+    )
+
+
+def from_module(
+    make_model: Callable[..., nn.Module],
+    name: str | None = None,
+    *,
+    description: str = "",
+) -> str:
+    """Register ``make_model`` (``width -> nn.Module``) as a family; returns its name.
+
+    ``make_model(width, **kwargs)`` gets the spec's ``model.options.kwargs`` (and
+    ``in_shape``/``out_dim`` when it has such parameters). The family's options are
+    :class:`ModuleFamilyOptions` (``kwargs``, ``roles``, ``layers``, ``attention``,
+    ``tokens``). Registering the same callable under the same name again is a no-op.
+    """
+    name = name or getattr(make_model, "__name__", "module_family")
+    if name in FAMILIES:
+        entry = FAMILIES.entry(name)
+        if getattr(entry.obj, "_widthwise_factory", None) is make_model:
+            return name
+        raise ValueError(f"family {name!r} is already registered")
+    label = _label(make_model)
+
+    def build(
+        width: int,
+        in_shape: tuple[int, ...],
+        out_dim: int,
+        options: ModuleFamilyOptions,
+        *,
+        network_rules: NetworkRules | None = None,
+    ) -> Network:
+        return build_module_network(
+            make_model, name, width, in_shape, out_dim, options, network_rules, label
+        )
+
+    build._widthwise_factory = make_model  # type: ignore[attr-defined]
+    build.__doc__ = description or f"nn.Module family from {label}"
+    FAMILIES.register(name, options=ModuleFamilyOptions, network_rules=True)(build)
+    return name
+
+
+def is_module_network(network: Network) -> bool:
+    """Whether ``network`` is a module family's (its ``apply`` holds the user's module)."""
+    return isinstance(network.apply, ModuleApply)
+
+
+def roles_table(network: Network, rules: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per tensor: name, shape, role, fan-in, multiplier, init std, lr scale,
+    where the role came from (inferred or override) and its aliases."""
+    apply = network.apply
+    if not isinstance(apply, ModuleApply):
+        raise TypeError("roles_table needs a module family's network")
+    rows = []
+    for p in apply.params:
+        r = rules[p.name]
+        rows.append(
+            {
+                "name": p.name,
+                "shape": p.shape,
+                "role": p.role.value,
+                "fan_in": p.fan_in,
+                "multiplier": r.multiplier,
+                "init_std": r.init_std if p.init == "normal" else p.init,
+                "lr_scale": r.lr_scale,
+                "source": p.source + (f" (tied: {', '.join(p.aliases)})" if p.aliases else ""),
+            }
+        )
+    for mod, mult in apply.readout_mult.items():
+        rows.append(
+            {
+                "name": f"{mod} (tied readout)",
+                "shape": (),
+                "role": "output",
+                "fan_in": 0,
+                "multiplier": mult,
+                "init_std": "-",
+                "lr_scale": "-",
+                "source": "input × multiplier",
+            }
+        )
+    return rows
+
+
+def print_roles(spec: Any, console: Any, width: int | None = None) -> None:
+    """Print the inferred roles and rules of ``spec``'s module family at ``width``
+    (default: the base width); nothing for built-in families."""
+    from rich.table import Table
+
+    from widthwise.parameterization import network_rules_for, rules_for
+    from widthwise.streams import STREAMS
+    from widthwise.trainer import rule_context
+
+    width = width or spec.base_width or spec.widths[0]
+    entry = FAMILIES.entry(spec.model.family)
+    if entry.obj is not build_module and not hasattr(entry.obj, "_widthwise_factory"):
+        return
+    stream = STREAMS.get(spec.data.stream)(spec.data.seed, spec.stream_options())
+    param, ctx = spec.parameterization.name, rule_context(spec, width)
+    from widthwise.families import build_network
+
+    net = build_network(
+        spec.model.family,
+        width,
+        stream.in_shape,
+        stream.out_dim,
+        spec.family_options(),
+        network_rules=network_rules_for(param, ctx),
+    )
+    rules = rules_for(param, list(net.params), ctx)
+    net.apply.bind_parameterization(lambda specs: rules_for(param, specs, ctx))  # type: ignore[attr-defined]
+    table = Table(title=f"roles of {spec.model.family} at width {width} ({param})")
+    for col in ("tensor", "shape", "role", "fan-in", "multiplier", "init std", "lr scale", "from"):
+        table.add_column(col)
+    for row in roles_table(net, rules):
+        table.add_row(
+            row["name"],
+            str(row["shape"]),
+            row["role"],
+            str(row["fan_in"]),
+            _num(row["multiplier"]),
+            _num(row["init_std"]),
+            _num(row["lr_scale"]),
+            row["source"],
+        )
+    console.print(table)
+
+
+def _num(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float | int) else str(v)

@@ -1,0 +1,175 @@
+"""Trained members back out as plain ``nn.Module`` s: :func:`load_member`.
+
+A study stores each width's stacked *raw* parameters ``w`` (seed, ...) in its
+checkpoints; the network computes with the effective weights ``W = multiplier · w``
+(docs/parameterizations.md). ``load_member`` folds the multipliers in and returns one
+member as a module whose outputs equal the study's ``test_logits`` to float rounding,
+ready for PyHessian, neural-tangents (via ``state_dict()``) or Hugging Face:
+
+* a module family (``family: module`` or :func:`~widthwise.families.from_module`):
+  the user's own class, built by the same factory, with the member's weights; a
+  readout tied to the embedding keeps its multiplier as a forward pre-hook on its
+  input (a tied tensor cannot hold two multipliers), and a module that calls
+  :func:`widthwise.attention_scale` keeps the study's attention scale (a forward
+  pre-hook on the root module);
+* a built-in family: an equivalent ``nn.Module`` (:class:`FunctionalMember`) whose
+  parameters have the family's tensor names, so ``state_dict()`` keys are those of
+  the study's checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from widthwise.errors import StoreError, UserError
+from widthwise.families.base import Network
+
+
+class FunctionalMember(nn.Module):
+    """A built-in family's network at one width as an ``nn.Module``: ``forward(x)`` is
+    ``network.apply(effective weights, x)``'s logits, ``forward_taps(x)`` adds the taps."""
+
+    def __init__(self, network: Network, weights: Mapping[str, Tensor]) -> None:
+        super().__init__()
+        self.network = network
+        for name, w in weights.items():
+            _register(self, name, nn.Parameter(w.clone()))
+
+    def weights(self) -> dict[str, Tensor]:
+        return dict(self.named_parameters())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.network.apply(self.weights(), x, False)[0]
+
+    def forward_taps(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.network.apply(self.weights(), x, True)
+
+
+def _register(root: nn.Module, name: str, p: nn.Parameter) -> None:
+    *path, leaf = name.split(".")
+    mod = root
+    for part in path:
+        if part not in mod._modules:
+            mod.add_module(part, nn.Module())
+        mod = mod._modules[part]  # type: ignore[assignment]
+    mod.register_parameter(leaf, p)
+
+
+def _pick_checkpoint(wd: Any, step: int | str, where: str) -> dict[str, Any]:
+    states = [wd.load_checkpoint(p) for p in wd.checkpoint_paths()]
+    states = [s for s in states if s is not None]
+    if not states:
+        raise StoreError(f"{where}: no checkpoint (the width has not run)")
+    if step == "last":
+        return max(states, key=lambda s: int(s.get("step", -1)))
+    for s in states:
+        if s.get("step") == step:
+            return s
+    have = sorted(int(s.get("step", -1)) for s in states)
+    raise StoreError(
+        f"{where}: no checkpoint at step {step!r} (checkpoints kept: steps {have}; "
+        "step='last' takes the newest)"
+    )
+
+
+def load_member(
+    study_dir: str | os.PathLike[str],
+    width: int,
+    seed: int,
+    step: int | str = "last",
+    *,
+    device: str | torch.device = "cpu",
+    allow_code: bool = False,
+) -> nn.Module:
+    """Member ``seed`` of ``width`` of a study, at checkpoint ``step``, as an ``nn.Module``.
+
+    Weights are effective (multipliers folded in); the module is in eval mode, on
+    ``device``. ``step`` is ``"last"`` (the newest checkpoint: the end of training for
+    a finished width) or the step of a kept checkpoint (the current or the previous
+    one). For a parameterization that centres the output (``NetworkRules.center``)
+    the module is f_θ, not the centred f_θ − f_θ0 the study trained and logged.
+    Raises :class:`~widthwise.errors.StoreError` (one line) for a width, seed or step
+    the study does not have.
+
+    A study directory is data, not code (docs/security.md): the factory its spec names
+    for ``family: module`` is imported only when its module is already imported here
+    (you imported it: it is yours), is part of widthwise, or ``allow_code=True``.
+    """
+    from widthwise.families import FAMILIES, build_network
+    from widthwise.families.module import (
+        ModuleApply,
+        attention_hooks,
+        call_factory,
+        trust_factory,
+    )
+    from widthwise.parameterization import network_rules_for, rules_for
+    from widthwise.spec import validate_spec
+    from widthwise.store.study_dir import StudyDir
+    from widthwise.streams import STREAMS
+    from widthwise.trainer import rule_context
+
+    study = StudyDir(Path(study_dir))
+    manifest = study.read_manifest()
+    spec = validate_spec(study.read_spec_dict(), source=str(study.path / "spec.yaml"))
+    ref = spec.model.options.get("factory") if spec.model.family == "module" else None
+    mod = ref.partition(":")[0] if isinstance(ref, str) else ""
+    if ref and not allow_code and not mod.startswith("widthwise.") and mod not in sys.modules:
+        raise UserError(
+            f"model.options.factory: {study.path / 'spec.yaml'} names {ref!r}, whose module "
+            f"{mod!r} is not imported: import it first (then it is yours) or pass "
+            "allow_code=True (docs/security.md)"
+        )
+    trust_factory(spec)  # checked above
+    if width not in manifest["widths"]:
+        raise StoreError(f"{study.path}: no width {width!r} (widths: {manifest['widths']})")
+    seeds = list(spec.seed_list)
+    if seed not in seeds:
+        raise StoreError(f"{study.path}: no seed {seed!r} (seeds: {seeds})")
+    wd = study.width_dir(width)
+    state = _pick_checkpoint(wd, step, str(wd.path))
+    stream = STREAMS.get(spec.data.stream)(spec.data.seed, spec.stream_options())
+    param, ctx = spec.parameterization.name, rule_context(spec, width)
+    net_rules = network_rules_for(param, ctx)
+    options = spec.family_options()
+    net = build_network(
+        spec.model.family,
+        width,
+        stream.in_shape,
+        stream.out_dim,
+        options,
+        network_rules=net_rules,
+    )
+    rules = rules_for(param, list(net.params), ctx)
+    i = seeds.index(seed)
+    weights = {p.name: rules[p.name].multiplier * state["params"][p.name][i] for p in net.params}
+    apply = net.apply
+    if not isinstance(apply, ModuleApply):
+        return FunctionalMember(net, weights).to(device).eval()
+    apply.bind_parameterization(lambda specs: rules_for(param, specs, ctx))
+    entry = FAMILIES.entry(spec.model.family)
+    factory = getattr(entry.obj, "_widthwise_factory", None)
+    if factory is None:
+        from widthwise.families.module import load_factory
+
+        factory = load_factory(options.factory)  # type: ignore[union-attr]
+    model = call_factory(
+        factory,
+        width,
+        options.kwargs,
+        stream.in_shape,
+        stream.out_dim,
+        apply.label,  # type: ignore[union-attr]
+    )
+    named = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, w in weights.items():
+            named[name].copy_(w.to(named[name].dtype))
+    attention_hooks(model, apply.exponent, apply.readout_mult)
+    return model.to(device).eval()
