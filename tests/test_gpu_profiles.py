@@ -130,3 +130,20 @@ def test_reproduce_profile_gpu_skips_what_it_cannot_run(
     assert not any(tmp_path.iterdir())  # nothing written
     with pytest.raises(SystemExit, match="is not STREAM=DIR"):
         reproduce.main(["--profile", "gpu", "--data", "cifar5m", "--runs", str(tmp_path)])
+
+
+def test_total_wall_counts_a_shared_spec_once_and_names_what_was_not_recorded():
+    import reproduce
+
+    wall = reproduce.WALL
+    sections = [
+        f"### C1: a\n\n{wall}c1_spec: 50 s.\n",
+        f"### C2: b\n\n{wall}c1_spec: 50 s.\n",  # C2 reads C1's study
+        f"### C3: c\n\n{wall}c3a: 23 s, c3b: 4 s.\n",
+    ]
+    assert reproduce.total_wall(sections) == (
+        "All 3 specs together, each run once: 77 s (1.3 min) on the 2-core CPU (goal: ≤ 20 min)."
+    )
+    sections.append(f"### C5: d\n\n{wall}c5: not recorded.\n")
+    assert reproduce.total_wall(sections).endswith("; not recorded: c5.")
+    assert reproduce.summary_table(sections).splitlines()[-1].startswith("All 4 specs")

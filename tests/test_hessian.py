@@ -262,6 +262,11 @@ def test_bad_groups_and_k_are_one_line_errors():
         ({"density": True, "density_points": 0}, "probes.sharpness.density_points"),
         ({"blocks": {"head": []}}, "blocks.head"),
         ({"trace_samples": 1}, "probes.sharpness.trace_samples"),
+        # judged against the model (narrowest width, built on meta) before anything is written
+        ({"k": 1000}, "probes.sharpness.k: 1000 eigenvalues asked, but the model has only"),
+        ({"trace_deflate": 999}, "probes.sharpness.trace_deflate: 999 eigenvalues asked"),
+        ({"blocks": {"x": ["l9"]}}, "probes.sharpness.blocks.x: 'l9' names no parameter"),
+        ({"batches": 33}, "probes.sharpness.batches: 33 batches need at least 33 probe points"),
     ],
 )
 def test_bad_options_fail_spec_validation_with_one_line(tmp_path, capsys, options, needle):

@@ -30,6 +30,7 @@ from widthwise.executors import EXECUTORS, ExecutorContext, ExecutorFlags, Width
 from widthwise.executors.local import WorkerDied
 from widthwise.families.module import trust_factory
 from widthwise.job import WidthJob, build_stream, raise_if_error, run_job
+from widthwise.probes.preflight import probe_problems
 from widthwise.progress import StudyProgress, last_train_loss, study_progress
 from widthwise.resources import check_resources, describe_resources
 from widthwise.spec import (
@@ -226,6 +227,9 @@ def run(
     if cls.same_host:  # e.g. no GPU, or bf16 on one without it: before anything is written
         check_device(spec)
     stream = build_stream(spec)
+    problems = probe_problems(spec, stream)  # e.g. k > parameters: before anything is written
+    if problems:
+        raise SpecError(f"{spec.name}: " + "; ".join(problems))
     if cls.same_host:  # parameters × seeds × (weights, grads, optimizer state) must fit here
         check_resources(spec, stream, parallel=getattr(options, "workers", 1))
     probe_set: tuple[np.ndarray, np.ndarray] = stream.probe_set(spec.data.probe_points)

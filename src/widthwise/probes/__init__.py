@@ -11,7 +11,7 @@ from widthwise.probes import loss as _loss  # noqa: F401
 from widthwise.probes import ntk as _ntk  # noqa: F401
 from widthwise.probes import sharpness as _sharpness  # noqa: F401
 from widthwise.probes import train_eval as _train_eval  # noqa: F401
-from widthwise.probes.base import PROBES, ProbeContext, ProbeDef, ProbeResult
+from widthwise.probes.base import PROBES, ModelFacts, ProbeContext, ProbeDef, ProbeResult
 from widthwise.probes.standalone import density, trace
 
-__all__ = ["PROBES", "ProbeContext", "ProbeDef", "ProbeResult", "density", "trace"]
+__all__ = ["PROBES", "ModelFacts", "ProbeContext", "ProbeDef", "ProbeResult", "density", "trace"]

@@ -48,6 +48,17 @@ class ProbeContext:
 
 
 @dataclass(frozen=True)
+class ModelFacts:
+    """What a probe's options are checked against before a run: the parameter tensor
+    names and the parameter count of one member at the narrowest width (built on the
+    ``meta`` device), and the study's probe points."""
+
+    names: tuple[str, ...]
+    n_params: int
+    probe_points: int
+
+
+@dataclass(frozen=True)
 class ProbeDef:
     """A registered probe: its function, its step coordinate and when it runs.
 
@@ -66,6 +77,10 @@ class ProbeDef:
     edges), attached by ``open_study``: ``{name: (dims, values)}``."""
     after_update: bool = False
     include_end: bool = True
+    model_problems: Callable[[Any, ModelFacts], list[str]] | None = None
+    """Optional: what in the options cannot work with this model (e.g. more eigenvalues
+    than parameters, a layer group naming no tensor), one line each; checked by
+    :func:`widthwise.probes.preflight.probe_problems` before a run writes anything."""
 
 
 PROBES: Registry[ProbeDef] = Registry("probe")
@@ -78,4 +93,12 @@ def mask_diverged(values: np.ndarray, alive: np.ndarray) -> np.ndarray:
     return out
 
 
-__all__ = ["PROBES", "ProbeContext", "ProbeDef", "ProbeResult", "Schedule", "mask_diverged"]
+__all__ = [
+    "PROBES",
+    "ModelFacts",
+    "ProbeContext",
+    "ProbeDef",
+    "ProbeResult",
+    "Schedule",
+    "mask_diverged",
+]

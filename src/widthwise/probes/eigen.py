@@ -35,6 +35,23 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
     return (a * b).sum(-1)
 
 
+def _project_out(basis: Tensor, w: Tensor) -> Tensor:
+    """``w`` (seed, n) made orthogonal to the rows of ``basis`` (j, seed, n, orthonormal
+    per member): classical Gram-Schmidt, repeated once when it cancelled most of ``w``
+    (the Kahan-Parlett "twice is enough" test, ‖w'‖ < ‖w‖/√2, as in DGKS). Batched matrix products on the stored layout (no copy of the
+    basis): at a million parameters this memory-bound step costs as much as a
+    Hessian-vector product, and the second pass is only paid for when needed."""
+    b = basis.transpose(0, 1)  # (seed, j, n), a view
+    before = w.norm(dim=1)
+    for _ in range(2):
+        w = w - torch.bmm(torch.bmm(b, w[:, :, None]).transpose(1, 2), b)[:, 0]
+        after = w.norm(dim=1)
+        if not bool((after < 0.7071 * before).any()):
+            break
+        before = after
+    return w
+
+
 def _start(shape: tuple[int, ...], like: Tensor, seed: int) -> Tensor:
     gen = torch.Generator().manual_seed(seed)
     v = torch.randn(shape, generator=gen, dtype=torch.float64)
@@ -71,12 +88,10 @@ def lanczos(
     for j in range(m):
         w = op(buf[j])
         a = _dot(w, buf[j])
-        w = w - a[:, None] * buf[j]
-        if j > 0:
-            w = w - betas[j - 1][:, None] * buf[j - 1]
         stacked = buf[: j + 1]  # (j+1, seed, n), a view
-        for _ in range(2):  # "twice is enough"
-            w = w - torch.einsum("jen,je->en", stacked, torch.einsum("jen,en->je", stacked, w))
+        # Gram-Schmidt against the whole basis subtracts a·q_j and β·q_{j-1} (the
+        # three-term recurrence) together with what rounding left along the older ones
+        w = _project_out(stacked, w)
         beta = w.norm(dim=1)
         alphas.append(a)
         t = torch.diag_embed(torch.stack(alphas, dim=1))  # (seed, j+1, j+1)
@@ -99,8 +114,7 @@ def lanczos(
         nxt = w / beta.clamp_min(tiny)[:, None]
         if bool(broke.any()):  # invariant subspace: continue with a fresh orthogonal direction
             r = _start((e, n), like, seed + j + 1)
-            for _ in range(2):
-                r = r - torch.einsum("jen,je->en", stacked, torch.einsum("jen,en->je", stacked, r))
+            r = _project_out(stacked, r)
             r = r / r.norm(dim=1, keepdim=True).clamp_min(tiny)
             nxt = torch.where(broke[:, None], r, nxt)
             beta = torch.where(broke, torch.zeros_like(beta), beta)
@@ -116,7 +130,7 @@ def lanczos(
     kk = min(k, steps)
     vals = theta[:, -kk:].flip(-1)  # (seed, kk)
     coeffs = s[:, :, -kk:].flip(-1)  # (seed, steps, kk)
-    vecs = torch.einsum("jen,eji->ein", buf[:steps], coeffs)
+    vecs = torch.bmm(coeffs.transpose(1, 2).to(buf.dtype), buf[:steps].transpose(0, 1))
     vecs = vecs / vecs.norm(dim=-1, keepdim=True).clamp_min(tiny)
     res = torch.stack(
         [(op(vecs[:, i]) - vals[:, i, None] * vecs[:, i]).norm(dim=1) for i in range(kk)], dim=1

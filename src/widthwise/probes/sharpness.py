@@ -105,7 +105,14 @@ from widthwise.dataset_schema import Dim, Schema, Var, declare
 from widthwise.ensemble import Ensemble
 from widthwise.errors import UserError
 from widthwise.losses import per_member_loss
-from widthwise.probes.base import PROBES, ProbeContext, ProbeDef, ProbeResult, mask_diverged
+from widthwise.probes.base import (
+    PROBES,
+    ModelFacts,
+    ProbeContext,
+    ProbeDef,
+    ProbeResult,
+    mask_diverged,
+)
 from widthwise.probes.eigen import SOLVERS, EigResult, lanczos, power_iteration  # noqa: F401 (re-exported)
 from widthwise.probes.hessian import (
     FlatParams,
@@ -605,12 +612,39 @@ def _coords(options: SharpnessOptions) -> dict[str, tuple[tuple[str, ...], np.nd
     return out
 
 
+def _model_problems(options: SharpnessOptions, facts: ModelFacts) -> list[str]:
+    """What ``options`` ask that this model cannot give (checked before a run)."""
+    problems = []
+    for key, k in (("k", options.k), ("trace_deflate", options.trace_deflate)):
+        if k > facts.n_params:
+            problems.append(
+                f"{key}: {k} eigenvalues asked, but the model has only {facts.n_params} parameters"
+            )
+    try:
+        block_groups(list(facts.names), options.blocks)
+    except UserError as err:
+        problems.append(str(err))
+    if options.batches > facts.probe_points:
+        problems.append(
+            f"batches: {options.batches} batches need at least {options.batches} probe "
+            f"points, the study has {facts.probe_points} (data.probe_points)"
+        )
+    return problems
+
+
 PROBES.register(
     "sharpness",
     options=SharpnessOptions,
     description="top-k Hessian eigenvalues, trace, spectral density and per-layer curvature "
     "of the training loss, all seeds at once",
-)(ProbeDef(fn=sharpness_probe, step_dim="sharpness_step", coords=_coords))
+)(
+    ProbeDef(
+        fn=sharpness_probe,
+        step_dim="sharpness_step",
+        coords=_coords,
+        model_problems=_model_problems,
+    )
+)
 
 
 class _CallableModule(types.ModuleType):
