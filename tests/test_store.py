@@ -476,6 +476,8 @@ def test_a_new_run_writes_declared_names(study: tuple[Path, Path]) -> None:
 
 
 def test_declared_dims_follow_the_naming_rule() -> None:
+    import widthwise.store.open  # noqa: F401  (declares the study schema; order-independent)
+
     seen: dict[str, object] = {}
     for schema in SCHEMAS.values():
         for d in schema.dims:

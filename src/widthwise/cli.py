@@ -20,12 +20,16 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from widthwise.errors import UserError
+
+if TYPE_CHECKING:
+    from widthwise.spec import StudySpec
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
@@ -108,7 +112,7 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
         return 0
     console.print(
         f"[bold]{escape(spec.name)}[/]: {spec.model.family} × {spec.parameterization.name}, "
-        f"widths {spec.widths}, {len(spec.seed_list)} seeds, {spec.steps} steps → "
+        f"widths {spec.widths}, {_members(spec)}, {spec.steps} steps → "
         f"{escape(str(spec.out_dir()))}"
         + (f" (executor {spec.executor.name})" if spec.executor.name != "local" else ""),
         soft_wrap=True,
@@ -159,6 +163,15 @@ def _cmd_list(args: argparse.Namespace, console: Console) -> int:
     else:
         print_list(console, quiet=args.quiet)
     return 0
+
+
+def _members(spec: StudySpec) -> str:
+    """``4 seeds``, or ``5 lr × 4 seeds = 20 members`` for a sweep."""
+    seeds = f"{len(spec.seed_list)} seeds"
+    if not spec.sweep:
+        return seeds
+    grid = " × ".join(f"{len(v)} {k}" for k, v in spec.sweep.items())
+    return f"{grid} × {seeds} = {len(spec.member_ids)} members"
 
 
 def _cmd_coord_check(args: argparse.Namespace, console: Console) -> int:

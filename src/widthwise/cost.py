@@ -344,14 +344,14 @@ def _calls_per_pass(spec: StudySpec, width: int, stackable: bool) -> int:
     from widthwise.ensemble import choose_strategy
 
     strategy = choose_strategy(spec.ensemble, width, _device(spec), stackable)
-    return 1 if strategy == "vmap" else len(spec.seed_list)
+    return 1 if strategy == "vmap" else len(spec.member_ids)
 
 
 def _probe_work(
     name: str, options: Any, m: _Member, spec: StudySpec, width: int, loop: int
 ) -> Work:
     """The work of one call of probe ``name`` (all seeds)."""
-    e = len(spec.seed_list)
+    e = len(spec.member_ids)
     points = spec.data.probe_points
 
     def opt(key: str, default: Any) -> Any:
@@ -449,7 +449,7 @@ def study_costs(
         from widthwise.calibration import calibrate
 
         op_seconds = calibrate(spec.device, None).op_seconds
-    e = len(spec.seed_list)
+    e = len(spec.member_ids)
     b = spec.batch_size
     probes = spec.probe_options()
     o = spec.optimizer

@@ -32,6 +32,9 @@ SHARED_DIMS = (
     "query",
     "key",
     "probe",
+    "lr",  # a sweep study's dims (widthwise.sweep.SWEEP_KEYS), just before seed
+    "weight_decay",
+    "sigma",
 )
 """Dims without a probe prefix: the same meaning (and size) wherever they appear."""
 

@@ -158,10 +158,15 @@ class Ensemble:
         dtype: torch.dtype = torch.float32,
         strategy: str = "auto",
         center: bool = False,
+        member_rules: Sequence[dict[str, ParamRule]] | None = None,
     ) -> None:
         self.network = network
         self.rules = rules
         self.seeds = list(seeds)
+        if member_rules is not None and len(member_rules) != len(self.seeds):
+            raise ValueError(f"{len(member_rules)} member rules for {len(self.seeds)} members")
+        # each member's init rules (a sweep of sigma); the forward pass uses ``rules``
+        self.member_rules = list(member_rules) if member_rules is not None else None
         self.loss = loss
         self.device = device
         self.dtype = dtype
@@ -181,8 +186,12 @@ class Ensemble:
         return len(self.seeds)
 
     def init_params(self) -> dict[str, Tensor]:
-        """Stacked initial parameters (seed, *shape) as leaf tensors that require grad."""
-        members = [init_member(self.network, self.rules, s, self.dtype) for s in self.seeds]
+        """Stacked initial parameters (seed, *shape) as leaf tensors that require grad.
+
+        Member m is drawn from its seed's generator with its own init rules
+        (``member_rules[m]``, a sweep's sigma) or the ensemble's."""
+        rules = self.member_rules or [self.rules] * len(self.seeds)
+        members = [init_member(self.network, r, s, self.dtype) for r, s in zip(rules, self.seeds)]
         params = {
             p.name: torch.stack([m[p.name] for m in members]).to(self.device).requires_grad_()
             for p in self.network.params

@@ -125,7 +125,7 @@ def _run(job: WidthJob, on_step: ProgressFn | None) -> dict[str, Any]:
             f"{manifest['spec_hash']} != {spec.hash()}); this job is stale"
         )
     width_dir = study.width_dir(job.width)
-    n_seeds = len(spec.seed_list)
+    n_seeds = len(spec.member_ids)
     status = width_dir.read_status()
     damage = _done_damage(width_dir, status, n_seeds)
     if status.get("state") == "done" and not damage:  # before locking: nothing is touched

@@ -62,6 +62,23 @@ def _register(root: nn.Module, name: str, p: nn.Parameter) -> None:
     mod.register_parameter(leaf, p)
 
 
+def _point_index(spec: Any, point: Mapping[str, float] | None, where: Path) -> int:
+    """The index of sweep point ``point`` (0 without a sweep); one-line UserError."""
+    points = spec.sweep_points
+    if not spec.sweep:
+        if point:
+            raise UserError(f"point: {dict(point)!r}: {where} is not a sweep study")
+        return 0
+    if point is None:
+        raise UserError(
+            f"point: {where} is a sweep study; name one of its points, e.g. {points[0]}"
+        )
+    want = {k: float(v) for k, v in point.items()}
+    if want not in points:
+        raise UserError(f"point: {want!r} is not a point of the sweep (points: {points})")
+    return points.index(want)
+
+
 def _pick_checkpoint(wd: Any, step: int | str, where: str) -> dict[str, Any]:
     states = [wd.load_checkpoint(p) for p in wd.checkpoint_paths()]
     states = [s for s in states if s is not None]
@@ -85,6 +102,7 @@ def load_member(
     seed: int,
     step: int | str = "last",
     *,
+    point: Mapping[str, float] | None = None,
     device: str | torch.device = "cpu",
     allow_code: bool = False,
 ) -> nn.Module:
@@ -96,7 +114,8 @@ def load_member(
     one). For a parameterization that centres the output (``NetworkRules.center``)
     the module is f_θ, not the centred f_θ − f_θ0 the study trained and logged.
     Raises :class:`~widthwise.errors.StoreError` (one line) for a width, seed or step
-    the study does not have.
+    the study does not have. In a sweep study (docs/sweeps.md) ``point`` names the
+    sweep point, e.g. ``{"lr": 0.1}`` (required there, refused elsewhere).
 
     A study directory is data, not code (docs/security.md): the factory its spec names
     for ``family: module`` is imported only when its module is already imported here
@@ -132,6 +151,7 @@ def load_member(
     seeds = list(spec.seed_list)
     if seed not in seeds:
         raise StoreError(f"{study.path}: no seed {seed!r} (seeds: {seeds})")
+    at = _point_index(spec, point, study.path)
     wd = study.width_dir(width)
     state = _pick_checkpoint(wd, step, str(wd.path))
     stream = STREAMS.get(spec.data.stream)(spec.data.seed, spec.stream_options())
@@ -147,7 +167,7 @@ def load_member(
         network_rules=net_rules,
     )
     rules = rules_for(param, list(net.params), ctx)
-    i = seeds.index(seed)
+    i = at * len(seeds) + seeds.index(seed)
     weights = {p.name: rules[p.name].multiplier * state["params"][p.name][i] for p in net.params}
     apply = net.apply
     if not isinstance(apply, ModuleApply):

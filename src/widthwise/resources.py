@@ -64,7 +64,7 @@ def estimate_bytes(spec: StudySpec, width: int, *, stream: Stream | None = None)
     """
     in_shape, out_dim = _shape_of(stream, spec)
     n, layers = count_parameters(spec, width, in_shape, out_dim)
-    e = len(spec.seed_list)
+    e = len(spec.member_ids)
     b = BYTES_PER_VALUE.get(spec.dtype, 4)
     o = spec.optimizer
     buffers = OPTIMIZER_BUFFERS.get(o.name, 1 if o.momentum > 0 else 0)

@@ -31,6 +31,7 @@ import yaml
 from widthwise import user_cache
 from widthwise.errors import StoreError
 from widthwise.summary import FINAL_WINDOW, WidthState, fmt_mean_std
+from widthwise.sweep import member_label, sweep_points
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -161,6 +162,19 @@ class StudyView:
     states: list[WidthState]
     losses: dict[int, dict[str, float]] = field(default_factory=dict)
     """Final losses of every width with a directory (see :func:`_final_losses`)."""
+    points: list[dict[str, float]] = field(default_factory=list)
+    """A sweep's points (empty without a sweep); member m is point m // n_seeds."""
+    point_losses: dict[int, list[dict[str, float]]] = field(default_factory=dict)
+    """A sweep's final losses per width and point (as ``losses``, over its seeds)."""
+    seed_ids: list[int] = field(default_factory=list)
+    """The seeds (``seeds`` holds the member ids in a sweep)."""
+
+    def member(self, m: int) -> str:
+        """``seed 2``, or ``lr=0.1 seed 2`` in a sweep (member id ``m``)."""
+        if not self.points:
+            return f"seed {m}"
+        n = len(self.seed_ids)
+        return member_label(self.points[m // n], self.seed_ids[m % n])
 
     @property
     def started(self) -> bool:
@@ -203,6 +217,16 @@ def read_study(path: str | Path) -> StudyView:
         param = "?" if spec is None else str(p.get("name", "?") if isinstance(p, dict) else p)
     steps = spec.get("steps") if spec is not None else None
     per_width = {st.width: read[st.width][1] for st in states if st.state != "not started"}
+    points, seed_ids = _sweep_of(manifest, len(seeds))
+    point_losses: dict[int, list[dict[str, float]]] = {w: [] for w in per_width}
+    n = len(seed_ids)
+    for i in range(len(points)):
+        columns = {
+            w: {v: {t: row[i * n : (i + 1) * n] for t, row in by.items()} for v, by in sc.items()}
+            for w, sc in per_width.items()
+        }
+        for w, losses in _final_losses(columns, n).items():
+            point_losses[w].append(losses)
     return StudyView(
         path=path,
         name=str(manifest.get("name", "")),
@@ -211,7 +235,28 @@ def read_study(path: str | Path) -> StudyView:
         steps=steps if type(steps) is int else None,
         states=states,
         losses=_final_losses(per_width, len(seeds)),
+        points=points,
+        point_losses=point_losses,
+        seed_ids=seed_ids or list(seeds),
     )
+
+
+def _sweep_of(manifest: dict[str, Any], n_members: int) -> tuple[list[dict[str, float]], list[int]]:
+    """A sweep study's (points, seed ids) from its manifest; ([], []) without a sweep.
+    A sweep entry that does not fit the members is a one-line :class:`StoreError`."""
+    sweep = manifest.get("sweep")
+    if not sweep:
+        return [], []
+    values = sweep.get("values") if isinstance(sweep, dict) else None
+    seeds = sweep.get("seeds") if isinstance(sweep, dict) else None
+    try:
+        points = sweep_points(values)  # type: ignore[arg-type]
+        ok = isinstance(seeds, list) and len(points) * len(seeds) == n_members
+    except (TypeError, ValueError, AttributeError):
+        ok = False
+    if not ok:
+        raise StoreError(f"{MANIFEST}: corrupt sweep entry; the study is unreadable")
+    return points, [int(s) for s in seeds]  # type: ignore[union-attr]
 
 
 # -- the derived lines: cached per state of the files ------------------------------
@@ -252,7 +297,17 @@ def derived(view: StudyView) -> dict[str, Any]:
     from widthwise.store import open_study
 
     ds = open_study(view.path)
-    horizon = horizon_summary(ds[[v for v in ("train_loss", "test_loss") if v in ds]])
+    losses = ds[[v for v in ("train_loss", "test_loss") if v in ds]]
+    if view.points:  # a sweep: the horizon at the tuned point, said so (docs/sweeps.md)
+        from widthwise.analysis.transfer import select_point, tuned_point
+
+        point = tuned_point(ds)
+        horizon = horizon_summary(select_point(losses, point))
+        if horizon:
+            at = ", ".join(f"{k} = {v:g}" for k, v in point.items())
+            horizon = f"At the tuned point {at}: {horizon[0].lower()}{horizon[1:]}"
+    else:
+        horizon = horizon_summary(losses)
     skipped = int(ds.attrs.get("skipped_records", 0))
     if fingerprint(view) == fp:  # not written to meanwhile
         user_cache.update_json(
@@ -270,6 +325,34 @@ def _finite(x: float) -> float | None:
     return x if isinstance(x, float) and math.isfinite(x) else None
 
 
+def _diverged_entry(view: StudyView, m: int, step: int) -> dict[str, Any]:
+    """``{seed, step}``; in a sweep also the member's ``point`` and label, ``seed`` being
+    its seed id (not the member id)."""
+    if not view.points:
+        return {"seed": m, "step": step}
+    n = len(view.seed_ids)
+    return {
+        "seed": view.seed_ids[m % n],
+        "step": step,
+        "point": view.points[m // n],
+        "member": view.member(m),
+    }
+
+
+def _sweep_diverged(view: StudyView, diverged: dict[int, int]) -> str:
+    """``13/30 diverged: lr=0.25: 2/3 at steps 6–9, lr=0.5: 3/3 at step 4`` (per point)."""
+    n, parts = len(view.seed_ids), []
+    for i, point in enumerate(view.points):
+        steps = [t for m, t in diverged.items() if m // n == i]
+        if not steps:
+            continue
+        lo, hi = min(steps), max(steps)
+        when = f"step {lo}" if lo == hi else f"steps {lo}–{hi}"
+        label = " ".join(f"{k}={v:g}" for k, v in point.items())
+        parts.append(f"{label}: {len(steps)}/{n} at {when}")
+    return f"{len(diverged)}/{len(view.seeds)} diverged: {', '.join(parts)}"
+
+
 def show_data(path: str | Path) -> dict[str, Any]:
     """The study at ``path`` as one JSON-able mapping (``widthwise show --json``; the
     fields are documented in docs/cli.md)."""
@@ -277,7 +360,7 @@ def show_data(path: str | Path) -> dict[str, Any]:
     extra = derived(view) if view.started else {"horizon": "", "skipped_records": 0}
     widths = []
     for st in view.states:
-        losses = view.losses.get(st.width, {})
+        losses = {} if view.points else view.losses.get(st.width, {})  # sweep: per point
         widths.append(
             {
                 "width": st.width,
@@ -289,7 +372,17 @@ def show_data(path: str | Path) -> dict[str, Any]:
                 "test_loss_mean": _finite(losses.get("test_loss_mean", math.nan)),
                 "test_loss_std": _finite(losses.get("test_loss_std", math.nan)),
                 "test_error_mean": _finite(losses.get("test_error_mean", math.nan)),
-                "diverged": [{"seed": s, "step": t} for s, t in sorted(st.diverged.items())],
+                "diverged": [_diverged_entry(view, m, t) for m, t in sorted(st.diverged.items())],
+                **(
+                    {
+                        "sweep_points": [
+                            {**pt, **{k: _finite(v) for k, v in pl.items()}}
+                            for pt, pl in zip(view.points, view.point_losses.get(st.width, []))
+                        ]
+                    }
+                    if view.points
+                    else {}
+                ),
                 "wall_time": _finite(st.wall_time),
                 "reason": st.reason or None,
                 "holder": st.holder,
@@ -300,7 +393,12 @@ def show_data(path: str | Path) -> dict[str, Any]:
         "study": str(view.path),
         "name": view.name,
         "parameterization": view.parameterization,
-        "seeds": view.seeds,
+        "seeds": view.seed_ids,
+        **(
+            {"sweep": {"points": view.points, "seeds": view.seed_ids}, "members": len(view.seeds)}
+            if view.points
+            else {}
+        ),
         "steps": view.steps,
         "widths": widths,
         "done": sum(st.state == "done" for st in view.states),
@@ -331,8 +429,14 @@ def print_show(path: str | Path, console: Console, *, quiet: bool = False) -> No
         console.print(escape(view.final_line()), soft_wrap=True, highlight=False)
         return
     seeds = view.seeds
-    table = Table(title=escape(f"{view.name} ({view.parameterization}, {len(seeds)} seeds)"))
+    who = f"{len(seeds)} seeds"
+    if view.points:
+        keys = list(view.points[0])
+        who = f"{len(view.points)} sweep points × {len(view.seed_ids)} seeds"
+    table = Table(title=escape(f"{view.name} ({view.parameterization}, {who})"))
     table.add_column("width", justify="right", no_wrap=True)
+    for key in keys if view.points else []:
+        table.add_column(key, justify="right", no_wrap=True)
     longest = max(len(st.state) for st in view.states)
     table.add_column("status", no_wrap=True, min_width=longest)  # a state word is never cut
     columns = [
@@ -352,12 +456,24 @@ def print_show(path: str | Path, console: Console, *, quiet: bool = False) -> No
         "train loss: each seed's last 10 logged steps; test loss: final; mean ± std over seeds"
     )
     for st in view.states:
-        losses = view.losses.get(st.width, {})
-        row = [str(st.width), st.state]
-        row += [_cell(losses, var, with_std) for var, _, with_std in columns]
-        row.append(f"{len(st.diverged)}/{len(seeds)}")
-        row.append(f"{st.wall_time:.1f} s" if math.isfinite(st.wall_time) else "—")
-        table.add_row(*(escape(c) for c in row))
+        wall = f"{st.wall_time:.1f} s" if math.isfinite(st.wall_time) else "—"
+        if not view.points:
+            losses = view.losses.get(st.width, {})
+            row = [str(st.width), st.state]
+            row += [_cell(losses, var, with_std) for var, _, with_std in columns]
+            row += [f"{len(st.diverged)}/{len(seeds)}", wall]
+            table.add_row(*(escape(c) for c in row))
+            continue
+        n = len(view.seed_ids)
+        for i, point in enumerate(view.points):  # one row per sweep point
+            losses = (view.point_losses.get(st.width) or [{}] * len(view.points))[i]
+            first = i == 0
+            row = [str(st.width) if first else "", *(f"{v:g}" for v in point.values())]
+            row.append(st.state if first else "")
+            row += [_cell(losses, var, with_std) for var, _, with_std in columns]
+            dead = sum(i * n <= m < (i + 1) * n for m in st.diverged)
+            row += [f"{dead}/{n}", wall if first else ""]
+            table.add_row(*(escape(c) for c in row), end_section=i == len(view.points) - 1)
     # never narrower than the table: on a narrow terminal its lines wrap, no cell is cut
     need = Measurement.get(console, console.options.update(max_width=10_000), table).maximum
     width = console.width
@@ -369,7 +485,11 @@ def print_show(path: str | Path, console: Console, *, quiet: bool = False) -> No
     for st in view.states:
         notes = [st.describe()] if st.state not in ("done", "not started") else []
         if st.diverged:
-            notes.append(st.describe_diverged(len(seeds)))
+            notes.append(
+                _sweep_diverged(view, st.diverged)
+                if view.points
+                else st.describe_diverged(len(seeds))
+            )
         for note in notes:
             console.print(escape(f"width {st.width}: {note}"), soft_wrap=True, highlight=False)
     if extra["skipped_records"]:

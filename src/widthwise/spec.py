@@ -36,7 +36,7 @@ EXAMPLES_DIR = Path(__file__).parent / "examples"
 
 NOT_HASHED = {"out", "device", "description", "executor", "trackers"}
 """Spec keys that do not change a study's numbers (a study may resume with others)."""
-HASHED_WHEN_SET = {"mixed_precision": "none", "deterministic": False}
+HASHED_WHEN_SET: dict[str, Any] = {"mixed_precision": "none", "deterministic": False, "sweep": {}}
 """Keys newer than format 1, hashed only when not at these defaults (older hashes hold)."""
 
 # -- limits: every number in a spec is finite and bounded, every document small ------
@@ -182,6 +182,11 @@ class StudySpec(_Strict):
         description="a name, or a mapping: name, sigma and its options (docs/parameterizations.md)",
     )
     optimizer: OptimizerSpec = Field(description="optimizer and base learning rate")
+    sweep: dict[str, list[float]] = Field(
+        default_factory=dict,
+        description="hyperparameter grids trained as ensemble members: lr, weight_decay, "
+        "sigma -> a list of values (docs/sweeps.md)",
+    )
     schedule: LRSchedule = Field(default_factory=LRSchedule, description="learning-rate schedule")
     steps: int = Field(gt=0, le=MAX_STEPS, description="optimizer updates (≤ 10⁸)")
     batch_size: int = Field(
@@ -256,6 +261,18 @@ class StudySpec(_Strict):
             raise ValueError(f"a seed list holds at most {MAX_SEEDS} ids, each below 2**32")
         return v
 
+    @field_validator("sweep", mode="before")
+    @classmethod
+    def _sweep(cls, v: Any) -> Any:
+        from widthwise.sweep import sweep_problems
+
+        if not isinstance(v, dict):
+            raise ValueError("must be a mapping: key -> list of values (e.g. lr: [0.01, 0.1])")
+        problems = sweep_problems(v)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return {k: [float(x) for x in vals] for k, vals in v.items()}
+
     @field_validator("out")
     @classmethod
     def _out(cls, v: str | None) -> str | None:
@@ -285,6 +302,24 @@ class StudySpec(_Strict):
     def seed_list(self) -> list[int]:
         """The seed ids of the ensemble, in order (``seeds: 4`` → [0, 1, 2, 3])."""
         return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+
+    @property
+    def sweep_points(self) -> list[dict[str, float]]:
+        """The sweep's points, point-major (``[{}]`` without a sweep): widthwise.sweep."""
+        from widthwise.sweep import sweep_points
+
+        return sweep_points(self.sweep)
+
+    @property
+    def member_seeds(self) -> list[int]:
+        """The seed of every ensemble member: ``seed_list`` once per sweep point."""
+        return self.seed_list * len(self.sweep_points)
+
+    @property
+    def member_ids(self) -> list[int]:
+        """The ids the store keys members by: the seed ids without a sweep, the member
+        indices ``point · n_seeds + seed index`` with one."""
+        return self.seed_list if not self.sweep else list(range(len(self.member_seeds)))
 
     def out_dir(self) -> Path:
         """The study directory: ``out``, or ``runs/<name>``."""
@@ -605,10 +640,51 @@ def _registry_problems(spec: StudySpec) -> list[str]:
         )
     if spec.optimizer.nesterov and spec.optimizer.momentum == 0:
         problems.append("optimizer.nesterov: needs momentum > 0 (got momentum 0)")
+    problems.extend(_sweep_problems(spec))
     if spec.schedule.name == "warmup_cosine" and spec.schedule.warmup_steps >= spec.steps:
         problems.append(
             f"schedule.warmup_steps: {spec.schedule.warmup_steps} must be below steps ({spec.steps})"
         )
+    return problems
+
+
+def _sweep_problems(spec: StudySpec) -> list[str]:
+    """What a valid ``sweep`` cannot do with the rest of the spec (docs/sweeps.md)."""
+    from widthwise.sweep import FORWARD_SIGMA
+
+    if not spec.sweep:
+        return []
+    problems = []
+    n_points, n_seeds = len(spec.sweep_points), len(spec.seed_list)
+    if n_points * n_seeds > MAX_SEEDS:
+        problems.append(
+            f"sweep: {n_points} points × {n_seeds} seeds = {n_points * n_seeds} members; "
+            f"at most {MAX_SEEDS} per width"
+        )
+    name = spec.parameterization.name
+    if "sigma" in spec.sweep and name in FORWARD_SIGMA:
+        problems.append(
+            f"sweep.sigma: under {name} σ is a forward multiplier, which cannot vary per "
+            "member; allowed under sp, mup and umup"
+        )
+    if "lr" in spec.sweep:
+        for probe, keys in {
+            "sharpness": ("lr_weighted", "preconditioned"),
+            "ntk": ("lr_weighted",),
+        }.items():
+            opts = spec.probes.get(probe)
+            if not isinstance(opts, dict) or probe not in PROBES:
+                continue
+            try:
+                valid = PROBES.validate_options(probe, opts)
+            except (ValidationError, UserError):
+                continue
+            for key in keys:
+                if getattr(valid, key, False):
+                    problems.append(
+                        f"probes.{probe}.{key}: this operator depends on each member's learning "
+                        f"rate, which sweep.lr varies; set {key}: false in a learning-rate sweep"
+                    )
     return problems
 
 

@@ -90,7 +90,7 @@ def plan_widths(spec: StudySpec, study: StudyDir) -> list[WidthPlan]:
         status = wd.read_status()
         damage = ""
         if status.get("state") == "done":
-            found = width_damage(wd.path, len(spec.seed_list), status)
+            found = width_damage(wd.path, len(spec.member_ids), status)
             damage = found.describe() if found else ""
             action: Literal["run", "resume", "repair", "skip"] = "repair" if damage else "skip"
         elif wd.has_checkpoint():

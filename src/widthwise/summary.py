@@ -4,6 +4,7 @@ each width's run state (done, running, interrupted, failed, damaged, not started
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -105,11 +106,14 @@ class WidthState:
             return f"unknown: the directory has no readable status.json{why}"
         return self.state
 
-    def describe_diverged(self, n_seeds: int) -> str:
-        """``1/4 diverged: seed 2 at step 13``; empty when no member diverged."""
+    def describe_diverged(
+        self, n_seeds: int, label: Callable[[int], str] = lambda s: f"seed {s}"
+    ) -> str:
+        """``1/4 diverged: seed 2 at step 13``; empty when no member diverged. ``label``
+        names a member by its id (``lr=3 seed 0`` in a sweep)."""
         if not self.diverged:
             return ""
-        at = ", ".join(f"seed {s} at step {t}" for s, t in sorted(self.diverged.items()))
+        at = ", ".join(f"{label(s)} at step {t}" for s, t in sorted(self.diverged.items()))
         return f"{len(self.diverged)}/{n_seeds} diverged: {at}"
 
 

@@ -18,12 +18,14 @@ from torch import Tensor
 
 from widthwise.device import check_precision, narrow_width_guard, resolve_device
 from widthwise.ensemble import Ensemble
+from widthwise.errors import UserError
 from widthwise.families import build_network
 from widthwise.losses import per_member_loss
 from widthwise.parameterization import ParamRule, RuleContext, network_rules_for, rules_for
 from widthwise.spec import StudySpec
 from widthwise.streams import training_loss
 from widthwise.streams.base import Stream
+from widthwise.sweep import check_forward_rules, member_hyper, member_rules
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16}
@@ -42,12 +44,17 @@ def rule_context(spec: StudySpec, width: int) -> RuleContext:
 
 
 def build_optimizer(
-    params: dict[str, Tensor], rules: dict[str, ParamRule], spec: StudySpec
+    params: dict[str, Tensor],
+    rules: dict[str, ParamRule],
+    spec: StudySpec,
+    *,
+    torch_decays: bool = True,
 ) -> torch.optim.Optimizer:
     """A torch optimizer over the stacked tensors, one param group per tensor.
 
     Optimizers act elementwise, so a group over a (seed, ...) tensor keeps exactly
-    the per-member state of E independent optimizers.
+    the per-member state of E independent optimizers. ``torch_decays=False``: the
+    groups' weight decay is 0 (the trainer applies each member's own: a sweep of it).
     """
     o = spec.optimizer
     groups = []
@@ -59,7 +66,7 @@ def build_optimizer(
                 "name": name,
                 "lr": o.lr * r.lr_scale,
                 "base_lr": o.lr * r.lr_scale,
-                "weight_decay": o.weight_decay * r.wd_scale,
+                "weight_decay": o.weight_decay * r.wd_scale if torch_decays else 0.0,
             }
         )
     if o.name == "sgd":
@@ -80,6 +87,11 @@ def grads_finite(grad: Tensor) -> Tensor:
     if not bool(ok.all()):
         ok = torch.isfinite(flat).all(1)
     return ok
+
+
+def _per_member(values: Tensor, like: Tensor) -> Tensor:
+    """(member,) values shaped to broadcast over a stacked (member, ...) tensor."""
+    return values.view(-1, *([1] * (like.dim() - 1)))
 
 
 class EnsembleTrainer:
@@ -116,6 +128,15 @@ class EnsembleTrainer:
             network_rules=self.network_rules,
         )
         self.rules = rules_for(param, list(self.network.params), ctx)
+        per_member = None  # a sweep: each member's rules (its sigma), point-major
+        if spec.sweep:
+            try:
+                per_member = member_rules(
+                    param, list(self.network.params), ctx, spec.sweep_points, len(spec.seed_list)
+                )
+                check_forward_rules(self.rules, per_member)
+            except ValueError as err:
+                raise UserError(str(err)) from None
         bind = getattr(self.network.apply, "bind_parameterization", None)
         if bind is not None:  # a module family's tied readout takes an output rule's multiplier
             bind(lambda specs: rules_for(param, specs, ctx))
@@ -123,15 +144,30 @@ class EnsembleTrainer:
         self.ensemble = Ensemble(
             self.network,
             self.rules,
-            spec.seed_list,
+            spec.member_seeds,
             loss=self.loss_name,
             device=self.device,
             dtype=self.dtype,
             strategy=spec.ensemble,
             center=self.network_rules.center,
+            member_rules=per_member,
         )
         self.params = self.ensemble.init_params()
-        self.optimizer = build_optimizer(self.params, self.rules, spec)
+        o = spec.optimizer
+        self.hyper = member_hyper(
+            self.rules,
+            per_member or [self.rules] * self.ensemble.size,
+            spec.sweep_points,
+            len(spec.seed_list),
+            o.lr,
+            o.weight_decay,
+            device=self.device,
+            dtype=self.dtype,
+        )
+        self.decoupled_decay = o.name == "adamw"
+        self.optimizer = build_optimizer(
+            self.params, self.rules, spec, torch_decays=self.hyper.weight_decay is None
+        )
         e = self.ensemble.size
         self.alive = torch.ones(e, dtype=torch.bool, device=self.device)
         self.diverged_step = torch.full((e,), -1, dtype=torch.long)
@@ -150,8 +186,6 @@ class EnsembleTrainer:
             # mse on class labels (batch,) or token labels (batch, position): one-hot targets
             # (batch, [position,] out_dim); the analysis encodes the stored labels the same way
             if bool((y < 0).any()):
-                from widthwise.errors import UserError
-
                 raise UserError(
                     f"loss: mse needs a target for every position, but stream "
                     f"{type(self.stream).__name__!r} labels some positions {int(y.min())} "
@@ -193,13 +227,42 @@ class EnsembleTrainer:
         newly_dead = self.alive & ~ok
         if bool(newly_dead.any()):
             self._freeze(newly_dead, t)
-        self.optimizer.step()
+        if self.hyper.lr_factor or self.hyper.weight_decay:
+            self._member_step()
+        else:
+            self.optimizer.step()
         if self.frozen is not None:
             self._restore_frozen()
         self.step = t + 1
         recorded = losses.detach().clone()
         recorded[~self.alive & ~newly_dead] = float("nan")
         return recorded
+
+    def _member_step(self) -> None:
+        """The optimizer step with each member's own learning rate and weight decay
+        (widthwise.sweep): torch's update Δ at the group's rate, scaled per member by
+        ``lr_factor``, and weight decay as torch applies it, per member."""
+        factor = self.hyper.lr_factor or {}
+        decay = self.hyper.weight_decay or {}
+        if decay and not self.decoupled_decay:  # L2: added to the gradient (sgd, adam)
+            with torch.no_grad():
+                for k, p in self.params.items():
+                    p.grad.add_(p.detach() * _per_member(decay[k], p))
+        touched = set(factor) | (set(decay) if self.decoupled_decay else set())
+        before = {k: self.params[k].detach().clone() for k in touched}
+        self.optimizer.step()
+        if not touched:
+            return
+        group_lr = {g["name"]: g["lr"] for g in self.optimizer.param_groups}
+        with torch.no_grad():
+            for k in touched:
+                p, b = self.params[k], before[k]
+                c = _per_member(factor[k], p) if k in factor else None
+                if c is not None:
+                    p.copy_(torch.lerp(b, p, c))  # b + c·(p − b): the update at lr_m
+                if k in decay and self.decoupled_decay:  # w ← w − lr_m·wd_m·w (adamw)
+                    rate = group_lr[k] * _per_member(decay[k], p)
+                    p.sub_(b * (rate if c is None else rate * c))
 
     def _freeze(self, members: Tensor, step: int) -> None:
         with torch.no_grad():

@@ -9,6 +9,7 @@ and conventions. See ``docs/analysis.md`` for the formulas and the paper figures
     wa.scaled_rmse_to_widest(ds.test_logits)                   # Fig. 3 d-f
     wa.bias_variance(ds.test_logits, ds.test_target)           # Fig. 7, Appendix F
     wa.power_law_fit(ds.test_loss.isel(test_step=-1))          # Fig. 9
+    wa.transfer_verdict(wa.optimal_lr(wa.loss_at(ds)))         # μTransfer (sweep studies)
 """
 
 from widthwise.analysis._checks import AnalysisError
@@ -53,6 +54,16 @@ from widthwise.analysis.similarity import (
 )
 from widthwise.analysis.spectra import curvature_to_widest, density_mean, density_w1_to_widest
 from widthwise.analysis.study_horizon import horizon_summary, study_horizons
+from widthwise.analysis.transfer import (
+    loss_at,
+    optimal_lr,
+    select_point,
+    sweep_dims,
+    transfer_sentence,
+    transfer_verdict,
+    tuned_point,
+    tuning_width,
+)
 from widthwise.analysis.uncertainty import (
     bootstrap_over_seeds,
     percentile_interval,
@@ -92,6 +103,7 @@ __all__ = [
     "kernel_distance_to_widest",
     "kernel_target_alignment",
     "limit_curve",
+    "loss_at",
     "limit_kernels_for",
     "logit_distance_to_widest",
     "loss_gap_to_widest",
@@ -101,6 +113,7 @@ __all__ = [
     "ntk_blocks",
     "ntk_eigen",
     "ntk_limit",
+    "optimal_lr",
     "output_nngp",
     "percentile_interval",
     "plateau",
@@ -111,10 +124,16 @@ __all__ = [
     "relative_frobenius_to_widest",
     "scaled_rmse",
     "scaled_rmse_to_widest",
+    "select_point",
     "sgd_flow_rate",
     "standard_error_interval",
     "successive_differences",
     "successive_gap",
+    "sweep_dims",
+    "transfer_sentence",
+    "transfer_verdict",
+    "tuned_point",
+    "tuning_width",
     "verdict",
     "wasserstein1",
     "wasserstein1_to_widest",

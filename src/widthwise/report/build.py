@@ -23,11 +23,13 @@ import xarray as xr
 from matplotlib.figure import Figure
 
 from widthwise import __version__
+from widthwise.analysis.transfer import select_point, tuned_point
 from widthwise.errors import StoreError, UserError
 from widthwise.report import sections_curves as sc
 from widthwise.report import sections_horizon as sh
 from widthwise.report import sections_repr as sr
 from widthwise.report import sections_spectra as ss
+from widthwise.report import sections_transfer as st
 from widthwise.report.html import render_html
 from widthwise.report.section import (
     TOL,
@@ -55,10 +57,18 @@ def study_sections(
     """Every section the study has data for, in the paper's order (summary first).
 
     ``tol``: relative tolerance of the consistency verdicts (summary, Fig. 4 section).
+    A sweep study (sweep dims such as ``lr`` beside ``seed``) gets the learning-rate
+    transfer section after the summary, and every other section shows the study at the
+    tuned point (:func:`widthwise.analysis.transfer.tuned_point`), named in the summary.
     """
     if not (np.isfinite(tol) and tol > 0):
         raise UserError(f"The tolerance must be a number > 0. Got {tol!r}.")
-    ds = flatten_samples(ds)
+    point = tuned_point(ds)  # {} without sweep dims: the study as it is
+    transfer = st.transfer_section(ds) if point else None
+    diverged = ds.get("diverged_step")
+    n_div = (int((diverged >= 0).sum()), int(diverged.size)) if diverged is not None else (0, 0)
+    note = st.tuned_note(ds, point) if point else ""
+    ds = flatten_samples(select_point(ds, point) if point else ds)
     builders = (
         sc.loss_section,
         sc.logits_section,
@@ -74,10 +84,32 @@ def study_sections(
         sr.ntk_section,
     )
     sections = [s for s in (sh.horizon_section(ds, tol), sc.summary_section(ds, tol)) if s]
+    if point:  # a sweep study: the transfer section, and every other one at the tuned point
+        _sweep_facts(sections, ds, note, n_div)
+        sections += [transfer] if transfer is not None else []
     sections += [s for s in (b(ds) for b in builders) if s is not None]
     if coord is not None or coord_note:
         sections.append(sr.coord_check_section(coord, coord_note))
     return sections
+
+
+def _sweep_facts(
+    sections: list[Section], ds: xr.Dataset, note: str, n_div: tuple[int, int]
+) -> None:
+    """Name the sweep, its diverged members (``n_div``: diverged, all) and the tuned point
+    the sections show (``ds``: the study there; ``note``) in the summary card."""
+    for sec in sections:
+        if sec.id != "summary":
+            continue
+        grid = ds.attrs.get("sweep_grid", {})
+        text = "; ".join(
+            f"{k}: {len(v)} values, {min(v):.3g} … {max(v):.3g}" for k, v in grid.items()
+        )
+        at = next((i for i, (k, _) in enumerate(sec.facts) if k == "seeds"), len(sec.facts))
+        div = f"; {n_div[0]} of {n_div[1]} members diverged" if n_div[0] else ""
+        sec.facts.insert(at + 1, ("sweep", f"{text} (every value × every seed){div}"))
+        if note:
+            sec.notes.insert(0, note)
 
 
 def _coord_check(ds: xr.Dataset, study_dir: Path, mode: bool | None):
@@ -264,10 +296,11 @@ def build_report(
     coord, note = _coord_check(ds, study_dir, coord_check)
     sections = study_sections(ds, tol=tol, coord=coord, coord_note=note)
     spec = spec_of(ds)
+    grid = "".join(f"{len(v)} {k} × " for k, v in (ds.attrs.get("sweep") or {}).items())
     subtitle = (
         f"{spec.get('model', {}).get('family', '?')} × {ds.attrs.get('parameterization', '?')}, "
-        f"widths {', '.join(str(int(w)) for w in ds.width.values)}, {ds.sizes['seed']} seeds, "
-        f"{spec.get('steps', '?')} steps — {study_dir}"
+        f"widths {', '.join(str(int(w)) for w in ds.width.values)}, {grid}{ds.sizes['seed']} "
+        f"seeds, {spec.get('steps', '?')} steps — {study_dir}"
     )
     page = write_report(
         sections,

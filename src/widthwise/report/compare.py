@@ -17,8 +17,10 @@ import pandas as pd
 import xarray as xr
 
 from widthwise import analysis as wa
+from widthwise.analysis.transfer import select_point, sweep_dims, tuned_point
 from widthwise.errors import UserError
 from widthwise.report import fig_compare
+from widthwise.report import sections_transfer as st
 from widthwise.report.build import write_report
 from widthwise.report.section import (
     Panel,
@@ -87,7 +89,17 @@ def _stack(named: dict[str, xr.DataArray], value: str) -> pd.DataFrame:
 
 
 def compare_sections(studies: dict[str, xr.Dataset], dirs: Sequence[Path]) -> list[Section]:
-    specs = [spec_of(ds) for ds in studies.values()]
+    """The comparison's sections. A sweep study (sweep dims beside ``seed``) is shown at
+    its tuned point (:func:`widthwise.analysis.transfer.tuned_point`) in every section but
+    the learning-rate transfer one, which puts the studies' μTransfer panels side by side
+    when every study swept ``lr``."""
+    full = studies
+    points = {lab: tuned_point(ds) for lab, ds in full.items()}
+    studies = {
+        lab: flatten_samples(select_point(ds, points[lab]) if points[lab] else ds)
+        for lab, ds in full.items()
+    }
+    specs = [spec_of(ds) for ds in full.values()]
     diffs = spec_differences(specs)
     labels = list(studies)
     summary = Section(
@@ -115,10 +127,23 @@ def compare_sections(studies: dict[str, xr.Dataset], dirs: Sequence[Path]) -> li
                     str(spec.get("steps", "?")),
                     str(int((ds.diverged_step >= 0).sum())),
                 ]
-                for lab, d, ds, spec in zip(labels, dirs, studies.values(), specs)
+                for lab, d, ds, spec in zip(labels, dirs, full.values(), specs)
             ],
         ),
     )
+    if any(points.values()):
+        summary.facts.append(
+            (
+                "sweep point shown",
+                "; ".join(
+                    f"{lab}: {_point_text(p)} (tuned at its widest width)"
+                    if p
+                    else f"{lab}: no sweep"
+                    for lab, p in points.items()
+                )
+                + " — every section but the learning-rate transfer one",
+            )
+        )
     other = [k for k in diffs if not k.startswith(("parameterization", "optimizer"))]
     if len(diffs) > 1 and other:
         summary.notes.append(
@@ -127,6 +152,9 @@ def compare_sections(studies: dict[str, xr.Dataset], dirs: Sequence[Path]) -> li
     sections = [summary]
     loss_name = loss_label(next(iter(studies.values())))
     widths = sorted({w for ds in studies.values() for w in ds.width.values.tolist()})
+    transfer = _transfer_section(full, loss_name, widths)
+    if transfer is not None:
+        sections.append(transfer)
     curves: dict[str, dict[str, xr.DataArray]] = {}
     xdims, ylab = {}, {}
     for var, title, xdim in (
@@ -242,12 +270,67 @@ def compare_sections(studies: dict[str, xr.Dataset], dirs: Sequence[Path]) -> li
     return sections
 
 
+def _point_text(point: dict[str, float]) -> str:
+    return ", ".join(f"{k} = {v:.3g}" for k, v in point.items())
+
+
+def _transfer_section(full: dict[str, xr.Dataset], loss_name: str, widths: list) -> Section | None:
+    """The μTransfer panels of studies that all swept ``lr``, with each study's verdict."""
+    if not all("lr" in sweep_dims(ds) for ds in full.values()):
+        return None
+    results = {}
+    for lab, ds in full.items():
+        try:
+            results[lab] = st.transfer_results(ds)[1]
+        except wa.AnalysisError:
+            return None
+    titles = dict(st.QUANTITIES)
+    common = [v for v, _ in st.QUANTITIES if all(v in r for r in results.values())]
+    if not common:
+        return None
+    panels = {titles[v]: {lab: r[v][:2] for lab, r in results.items()} for v in common}
+    facts = []
+    for lab, r in results.items():
+        for v in common:
+            verdict = r[v][2]
+            text = wa.transfer_sentence(verdict) if verdict is not None else "one width: no verdict"
+            facts.append((f"{lab}, {titles[v]}", text))
+    sec = Section(
+        id="transfer",
+        title="Learning-rate transfer",
+        paper="Yang et al. 2022 (Tensor Programs V), Fig. 1",
+        text=(
+            "The μTransfer panels: final loss against the learning rate per width, one "
+            "column per study on one y scale; stars mark each width's optimum (parabola "
+            "in log lr through the grid minimum) with its 95 % seed-bootstrap interval, × "
+            "the learning rates where a member diverged (counted as infinite loss). Under "
+            "μP the optima should line up; under SP they drift with width."
+        ),
+        facts=facts,
+        panels=[
+            Panel(
+                "compare_transfer",
+                fig_compare.transfer_panels(panels, dim="lr", ylabel=loss_name, widths=widths),
+                " ".join(f"{k}: {v}." for k, v in facts[:: len(common)]),
+            )
+        ],
+    )
+    for v in common:
+        frames = []
+        for lab, r in results.items():
+            df = st.transfer_tables({v: r[v]}, "lr")["transfer_optimum"]
+            df.insert(0, "study", lab)
+            frames.append(df)
+        sec.tables[f"compare_transfer_optimum_{v}"] = pd.concat(frames, ignore_index=True)
+    return sec
+
+
 def build_compare(study_dirs: Sequence[str | Path], out_dir: str | Path) -> Path:
     """Overlay the studies in ``study_dirs`` in one report under ``out_dir``; returns the page."""
     dirs = [Path(d) for d in study_dirs]
     if len(dirs) < 2:
         raise UserError("compare needs at least two study directories")
-    opened = [flatten_samples(open_study(d)) for d in dirs]
+    opened = [open_study(d) for d in dirs]  # compare_sections flattens (after the sweep)
     diffs = spec_differences([spec_of(ds) for ds in opened])
     labels = study_labels([str(ds.attrs.get("name", d.name)) for ds, d in zip(opened, dirs)], diffs)
     studies = dict(zip(labels, opened))

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from widthwise.report.fig_curves import nan_stats, robust_ylim, step_axes, width_lines
 from widthwise.report.style import (
     PANEL_H,
+    figure_legend,
     new_figure,
     place_legend,
     positive,
@@ -195,4 +196,47 @@ def overlay_vs_width(
     for r in range(len(grid)):
         _share_y(axes[r], True)
     width_colorbar(fig, axes, scale, ticks=_all_widths(panels))
+    return fig
+
+
+@styled
+def transfer_panels(
+    panels: dict[str, dict[str, tuple[xr.DataArray, xr.Dataset]]],
+    *,
+    dim: str = "lr",
+    ylabel: str = "loss",
+    widths: Sequence[float] | None = None,
+) -> Figure:
+    """The μTransfer panels side by side (Yang et al. 2022, Fig. 1: μP left, SP right):
+    loss against ``dim`` (log x) per width, one row per quantity (titles), one column per
+    study; ``panels[title][study]`` = (members (width, dim, seed), optimum Dataset
+    (width,)), drawn by :func:`widthwise.report.fig_transfer.draw_transfer`. The panels of
+    a row share their y range; one width colour scale (the union of the studies')."""
+    from widthwise.report import fig_transfer as ft
+
+    grid, fig, axes = _layout(panels)
+    scale, colors = width_scale(widths, *[p[0] for s in panels.values() for p in s.values()])
+    one_row = len(grid) == 1
+    flags = {"diverged": False, "edge": False, "seeds": False}
+    for _, ax, title, study, (loss, opt) in _cells(grid, axes, panels):
+        d = ft.draw_transfer(ax, loss, opt, colors, dim=dim)
+        flags["diverged"] |= d["diverged"]
+        flags["edge"] |= d["edge"]
+        flags["seeds"] |= loss.sizes.get("seed", 1) > 1
+        style_axes(
+            ax,
+            xlabel=ft.sweep_label(dim),
+            ylabel=ylabel,
+            title=_cell_title(title, study, one_row),
+            logx=True,
+            logy=True,
+        )
+        ft.grid_ticks(ax, d["grid"], max_labels=5)
+        ft.set_view(ax, d["values"], d["grid"], logy=True)
+    for r in range(len(grid)):
+        _share_y(axes[r], True)
+    handles = ft.legend_handles(**flags)
+    figure_legend(fig, handles, ncols=min(len(handles), 3))
+    ticks = sorted({w for s in panels.values() for p in s.values() for w in p[1].width.values})
+    width_colorbar(fig, axes, scale, ticks=ticks)
     return fig

@@ -228,11 +228,9 @@ def study_banner(ds: xr.Dataset) -> Banner | None:
         if damage:  # what is missing or damaged on disk (never shown as a clean "done")
             parts.append(f"{damage}; `widthwise run` recomputes it")
         if diverged is not None:
-            d = diverged.sel(width=w)
-            dead = [(int(s), int(t)) for s, t in zip(d.seed.values, d.values) if t >= 0]
-            if dead:
-                at = ", ".join(f"seed {s} at step {t}" for s, t in dead)
-                parts.append(f"{len(dead)}/{d.sizes['seed']} diverged: {at}")
+            text = _diverged_members(diverged.sel(width=w))
+            if text:
+                parts.append(text)
         rows.append((w, state, "; ".join(parts)))
     notes = []
     if partial:
@@ -260,6 +258,28 @@ def study_banner(ds: xr.Dataset) -> Banner | None:
             "from then on."
         )
     return Banner(headline, rows, notes)
+
+
+def _diverged_members(d: xr.DataArray) -> str:
+    """'1/4 diverged: seed 2 at step 13'; in a sweep study (d: (lr, ..., seed)) one entry
+    per sweep point, '7/36 diverged: lr=1: 4/4 at steps 3–5, lr=0.5: 3/4 at step 9'."""
+    extra = [k for k in d.dims if k != "seed"]
+    if not extra:
+        dead = [(int(s), int(t)) for s, t in zip(d.seed.values, d.values) if t >= 0]
+        at = ", ".join(f"seed {s} at step {t}" for s, t in dead)
+        return f"{len(dead)}/{d.sizes['seed']} diverged: {at}" if dead else ""
+    flat = d.transpose(*extra, "seed").stack(_point=extra)
+    total, parts = 0, []
+    for i in range(flat.sizes["_point"]):
+        p = flat.isel(_point=i)
+        t = p.values[p.values >= 0]
+        if not t.size:
+            continue
+        total += t.size
+        label = " ".join(f"{k}={float(p[k]):g}" for k in extra)
+        when = f"step {t.min()}" if t.min() == t.max() else f"steps {t.min()}–{t.max()}"
+        parts.append(f"{label}: {t.size}/{p.sizes['seed']} at {when}")
+    return f"{total}/{d.size} diverged: {', '.join(parts)}" if total else ""
 
 
 def fmt_width(w: float) -> str:

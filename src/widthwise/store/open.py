@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 from pydantic import ValidationError
 
@@ -27,6 +28,7 @@ from widthwise.probes import PROBES
 from widthwise.store.records import WidthRecords, load_width, status_values
 from widthwise.store.study_dir import StudyDir
 from widthwise.summary import width_state
+from widthwise.sweep import SWEEP_KEYS
 
 __all__ = ["open_study", "status_values", "study_layout", "training_loss_of"]
 
@@ -37,6 +39,10 @@ STUDY = declare(
         (
             Dim("width", "the study's widths (those with results)", "widths"),
             Dim("seed", "seed ids (`seeds: 4` → 0, 1, 2, 3)", "seed ids"),
+            *(
+                Dim(key, f"a sweep's {key} (`sweep: {{{key}: [...]}}`, docs/sweeps.md)", "values")
+                for key in SWEEP_KEYS
+            ),
             Dim("point", "a point of the fixed probe (test) set", "0 … probe_points−1"),
             Dim("position", "position in a sequence (sequence models)"),
             Dim("output", "output unit (1 for scalar regression, C for C classes)", "0 … C−1"),
@@ -274,6 +280,35 @@ def open_study(path: str | PathLike[str]) -> xr.Dataset:
     for name in ("test_target", "test_label", "test_logits"):  # what the analysis reads
         if name in ds:
             ds[name].attrs["loss"] = loss
+    sweep = manifest.get("sweep")
+    return ds if not sweep else _unstack_sweep(ds, sweep, study.path)
+
+
+def _unstack_sweep(ds: xr.Dataset, sweep: Any, where: Path) -> xr.Dataset:
+    """A sweep study's member dim (point-major: member = point · n_seeds + seed index)
+    as one dim per sweep key before ``seed``: e.g. ``train_loss`` (width, lr, seed, step);
+    ``attrs["sweep"]`` = {key: values}."""
+    values, seeds = (sweep.get("values"), sweep.get("seeds")) if isinstance(sweep, dict) else (0, 0)
+    ok = (
+        isinstance(values, dict)
+        and all(k in SWEEP_KEYS and isinstance(v, list) and v for k, v in values.items())
+        and isinstance(seeds, list)
+        and int(np.prod([len(v) for v in values.values()])) * len(seeds) == ds.sizes["seed"]
+    )
+    if not ok:
+        raise StoreError(f"{where / 'manifest.json'}: corrupt sweep entry; the study is unreadable")
+    keys = list(values)
+    index = pd.MultiIndex.from_product([*values.values(), seeds], names=[*keys, "seed"])
+    ds = ds.rename({"seed": "member"})
+    ds = ds.assign_coords(xr.Coordinates.from_pandas_multiindex(index, "member")).unstack("member")
+    for name in ds.data_vars:  # the sweep dims just before seed, as documented
+        dims = list(ds[name].dims)
+        if "seed" in dims:
+            rest = [d for d in dims if d not in (*keys, "seed")]
+            at = dims.index("width") + 1 if "width" in dims else 0
+            order = [*rest[:at], *keys, "seed", *rest[at:]]
+            ds[name] = ds[name].transpose(*order)
+    ds.attrs["sweep"] = {k: list(v) for k, v in values.items()}
     return ds
 
 

@@ -135,7 +135,8 @@ class StudyDir:
     """Layout::
 
     <out>/
-      manifest.json     format, spec hash, package versions, widths, seeds, stream facts
+      manifest.json     format, spec hash, package versions, widths, seeds (member ids
+                        in a sweep, with the sweep), stream facts
       spec.yaml         the validated spec, every default filled in
       probe_set.npz     the fixed test inputs and targets (x, y)
       width_00064/ ...  see WidthDir
@@ -352,7 +353,12 @@ class StudyDir:
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "versions": package_versions(),
                     "widths": spec.widths,
-                    "seeds": spec.seed_list,
+                    "seeds": spec.member_ids,
+                    **(
+                        {"sweep": {"values": spec.sweep, "seeds": spec.seed_list}}
+                        if spec.sweep
+                        else {}
+                    ),
                     "stream": stream_facts,
                 },
                 checksum=True,

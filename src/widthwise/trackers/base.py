@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from widthwise.errors import UserError
 from widthwise.store import records as rec
 from widthwise.store.study_dir import StudyDir
+from widthwise.sweep import sweep_points
 
 
 def _installed(package: str) -> bool:
@@ -153,6 +154,9 @@ class Study:
         self.spec_hash: str = str(self.manifest["spec_hash"])
         self.seeds: list[int] = [int(s) for s in self.manifest.get("seeds", [])]
         self.steps: int = int(self.spec.get("steps") or 0)
+        self.groups: dict[str, list[tuple[int, str]]] = _member_groups(self.manifest, self.seeds)
+        """Series prefix → (member index, its series name): ``""`` → ``seed_0``, ... or,
+        in a sweep, ``lr_0.1/`` → ``lr_0.1/seed_0``, ... (each prefix gets its mean)."""
 
     @property
     def trackers(self) -> dict[str, Any]:
@@ -204,10 +208,14 @@ class Study:
                     ok = np.isfinite(arr)
                     if not ok.any():
                         continue
-                    ws.series.setdefault(f"{var}/mean", {})[step] = float(arr[ok].mean())
-                    for seed, value, good in zip(self.seeds, arr, ok):
-                        if good:
-                            ws.series.setdefault(f"{var}/seed_{seed}", {})[step] = float(value)
+                    for prefix, members in self.groups.items():
+                        idx = [m for m, _ in members if ok[m]]
+                        if idx:
+                            mean = float(arr[idx].mean())
+                            ws.series.setdefault(f"{var}/{prefix}mean", {})[step] = mean
+                        for m, label in members:
+                            if ok[m]:
+                                ws.series.setdefault(f"{var}/{label}", {})[step] = float(arr[m])
             out.append(ws)
         return out
 
@@ -216,6 +224,23 @@ class Study:
         """Every width of the study has finished."""
         done = {w.width for w in self.widths if w.state == "done"}
         return done == {int(w) for w in self.manifest.get("widths", [])}
+
+
+def _member_groups(
+    manifest: dict[str, Any], members: list[int]
+) -> dict[str, list[tuple[int, str]]]:
+    """Series names of the members: ``seed_<id>`` under one prefix ``""``; in a sweep
+    (members point-major) ``lr_0.1/seed_<id>`` under the point's prefix ``lr_0.1/``."""
+    sweep = manifest.get("sweep")
+    if not isinstance(sweep, dict):
+        return {"": [(m, f"seed_{s}") for m, s in enumerate(members)]}
+    points = sweep_points(sweep.get("values") or {})
+    seeds = [int(s) for s in sweep.get("seeds") or []]
+    groups: dict[str, list[tuple[int, str]]] = {}
+    for i, point in enumerate(points):
+        prefix = "".join(f"{k}_{v:g}/" for k, v in point.items())
+        groups[prefix] = [(i * len(seeds) + j, f"{prefix}seed_{s}") for j, s in enumerate(seeds)]
+    return groups
 
 
 def figures_digest(pngs: list[Path]) -> str:

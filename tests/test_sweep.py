@@ -1,0 +1,224 @@
+"""Sweeps as ensemble members (docs/sweeps.md, issue: hyperparameter transfer).
+
+Oracle: a member of a sweep study trains exactly like the study run at its point alone
+(float64, to rounding): same batches, same initial weights for its seed, its own lr,
+weight decay and σ.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from conftest import tiny_spec_dict, write_spec
+
+import widthwise
+import widthwise.study
+from widthwise.cli import main
+from widthwise.errors import UserError
+from widthwise.members import load_member
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+OPTIMIZERS = {
+    "sgd": ({"name": "sgd", "lr": 0.1, "momentum": 0.9}, {"lr": [0.05, 0.2], "sigma": [0.5, 1.0]}),
+    "adam": ({"name": "adam", "lr": 0.01}, {"lr": [0.003, 0.01], "weight_decay": [0.0, 0.1]}),
+    "adamw": ({"name": "adamw", "lr": 0.01}, {"lr": [0.003, 0.01], "weight_decay": [0.0, 0.1]}),
+}
+
+
+def _spec(out: Path, optimizer: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return tiny_spec_dict(
+        out, widths=[16, 32], steps=8, dtype="float64", optimizer=optimizer, **extra
+    )
+
+
+def _point_spec(spec: dict[str, Any], point: dict[str, float], out: Path) -> dict[str, Any]:
+    """The study without a sweep, run at ``point``."""
+    one = {k: v for k, v in spec.items() if k != "sweep"}
+    one["out"] = str(out)
+    one["optimizer"] = dict(spec["optimizer"])
+    for k, v in point.items():
+        if k == "sigma":
+            one["parameterization"] = {**spec["parameterization"], "sigma": v}
+        else:
+            one["optimizer"][k] = v
+    return one
+
+
+@pytest.mark.parametrize("opt", list(OPTIMIZERS))
+def test_sweep_member_trains_like_its_point_alone(tmp_path: Path, opt: str) -> None:
+    optimizer, sweep = OPTIMIZERS[opt]
+    spec = _spec(tmp_path / "sweep", optimizer, sweep=sweep)
+    assert main(["run", str(write_spec(tmp_path / "sweep.yaml", spec)), "--quiet"]) == 0
+    ds = widthwise.open_study(tmp_path / "sweep")
+    keys = list(sweep)
+    assert list(ds.train_loss.dims) == ["width", *keys, "seed", "step"]
+    assert ds.attrs["sweep"] == sweep
+    for a in sweep[keys[0]]:
+        for b in sweep[keys[1]]:
+            point = {keys[0]: a, keys[1]: b}
+            out = tmp_path / f"p_{a}_{b}"
+            one = _point_spec(spec, point, out)
+            assert main(["run", str(write_spec(tmp_path / "one.yaml", one)), "--quiet"]) == 0
+            ref = widthwise.open_study(out)
+            got = ds.sel(point)
+            for var in ("train_loss", "test_logits"):
+                np.testing.assert_allclose(
+                    got[var].values, ref[var].values, rtol=1e-11, atol=1e-13, err_msg=f"{point}"
+                )
+    # the points differ: a sweep that ignored its values would pass the check above only
+    # if every point's study were the same, which they are not
+    first = ds.train_loss.isel({keys[0]: 0}).values
+    last = ds.train_loss.isel({keys[0]: -1}).values
+    assert np.abs(first - last).max() > 1e-3
+
+
+def test_sweep_manifest_and_hash(tmp_path: Path) -> None:
+    optimizer, _ = OPTIMIZERS["sgd"]
+    plain = _spec(tmp_path / "a", optimizer)
+    swept = _spec(tmp_path / "b", optimizer, sweep={"lr": [0.05, 0.2]})
+    from widthwise.spec import load_spec
+
+    h_plain = load_spec(write_spec(tmp_path / "a.yaml", plain)).hash()
+    h_empty = load_spec(write_spec(tmp_path / "e.yaml", {**plain, "sweep": {}})).hash()
+    h_swept = load_spec(write_spec(tmp_path / "b.yaml", swept)).hash()
+    assert h_plain == h_empty != h_swept  # an empty sweep is the old spec, hash and all
+    assert main(["run", str(tmp_path / "b.yaml"), "--quiet"]) == 0
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["seeds"] == [0, 1, 2, 3]  # member ids: point-major
+    assert manifest["sweep"] == {"values": {"lr": [0.05, 0.2]}, "seeds": [0, 1]}
+
+
+def test_diverged_member_is_frozen_and_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = _spec(
+        tmp_path / "s", {"name": "sgd", "lr": 0.1, "momentum": 0.9}, sweep={"lr": [0.1, 1000.0]}
+    )
+    spec["widths"] = [16]
+    assert main(["run", str(write_spec(tmp_path / "s.yaml", spec)), "--quiet"]) == 0
+    ds = widthwise.open_study(tmp_path / "s")
+    div = ds.diverged_step.sel(width=16)
+    assert (div.sel(lr=0.1) == -1).all()
+    assert (div.sel(lr=1000.0) >= 0).all()
+    # the healthy point is untouched by its neighbour's divergence
+    assert np.isfinite(ds.train_loss.sel(width=16, lr=0.1)).all()
+    capsys.readouterr()
+    assert main(["show", str(tmp_path / "s")]) == 0
+    out = capsys.readouterr().out
+    assert "width 16: 2/4 diverged: lr=1000: 2/2 at step" in out
+    assert main(["show", str(tmp_path / "s"), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["sweep"] == {"points": [{"lr": 0.1}, {"lr": 1000.0}], "seeds": [0, 1]}
+    assert {d["member"] for d in shown["widths"][0]["diverged"]} == {
+        "lr=1000 seed 0",
+        "lr=1000 seed 1",
+    }
+
+
+class _Interrupt(KeyboardInterrupt):
+    pass
+
+
+def test_interrupted_sweep_resumes_to_the_same_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    optimizer, sweep = OPTIMIZERS["adamw"]
+    ref_spec = _spec(tmp_path / "ref", optimizer, sweep=sweep, checkpoint_every=3)
+    assert main(["run", str(write_spec(tmp_path / "ref.yaml", ref_spec)), "--quiet"]) == 0
+    spec_path = write_spec(tmp_path / "s.yaml", {**ref_spec, "out": str(tmp_path / "s")})
+    real = widthwise.study.run_job
+
+    def run_job(job: Any, on_step: Any = None) -> Any:
+        def boom(done: int, total: int, loss: float) -> None:
+            if job.width == 32 and done == 5:
+                raise _Interrupt
+
+        return real(job, on_step=boom)
+
+    with monkeypatch.context() as m:
+        m.setattr(widthwise.study, "run_job", run_job)
+        assert main(["run", str(spec_path), "--quiet"]) == 130
+    assert main(["run", str(spec_path), "--quiet"]) == 0
+    got, ref = widthwise.open_study(tmp_path / "s"), widthwise.open_study(tmp_path / "ref")
+    for var in ("train_loss", "test_logits", "diverged_step"):
+        xr.testing.assert_equal(got[var], ref[var])
+
+
+def test_load_member_at_a_point(tmp_path: Path) -> None:
+    optimizer, sweep = OPTIMIZERS["sgd"]
+    spec = _spec(tmp_path / "s", optimizer, sweep=sweep)
+    assert main(["run", str(write_spec(tmp_path / "s.yaml", spec)), "--quiet"]) == 0
+    ds = widthwise.open_study(tmp_path / "s")
+    x = np.load(tmp_path / "s" / "probe_set.npz")["x"]
+    point = {"lr": 0.2, "sigma": 0.5}
+    model = load_member(tmp_path / "s", 32, 1, point=point)
+    with torch.no_grad():
+        f = model(torch.as_tensor(x, dtype=torch.float64)).numpy()
+    want = ds.test_logits.sel(width=32, seed=1, **point).isel(test_step=-1).values
+    np.testing.assert_allclose(f, want, rtol=1e-10, atol=1e-12)
+    other = ds.test_logits.sel(width=32, seed=1, lr=0.05, sigma=0.5).isel(test_step=-1).values
+    assert np.abs(f - other).max() > 1e-4  # the point matters
+    with pytest.raises(UserError, match="is a sweep study"):
+        load_member(tmp_path / "s", 32, 1)
+    with pytest.raises(UserError, match="0.3"):
+        load_member(tmp_path / "s", 32, 1, point={"lr": 0.3, "sigma": 0.5})
+
+
+BAD_SWEEPS = [
+    ({"sweep": {"momentum": [0.5, 0.9]}}, ("momentum", "cannot be swept", "allowed: lr")),
+    ({"sweep": {"batch_size": [8]}}, ("unknown sweep key", "batch_size", "allowed: lr")),
+    ({"sweep": {"lr": []}}, ("lr", "non-empty list")),
+    ({"sweep": {"lr": [0.1, -1.0]}}, ("lr", "-1.0", "> 0")),
+    ({"sweep": {"lr": [0.1, float("nan")]}}, ("lr", "nan", "finite")),
+    ({"sweep": {"lr": [0.1, 0.1]}}, ("lr", "unique")),
+    ({"sweep": {"lr": [0.1 * (i + 1) for i in range(65)]}}, ("lr", "65 values", "at most 64")),
+    ({"sweep": {"lr": "0.1"}}, ("lr", "list")),
+    (
+        {"seeds": 100, "sweep": {"lr": [0.01 * (i + 1) for i in range(64)]}},
+        ("sweep", "6400", "4096"),
+    ),
+    (
+        {"parameterization": {"name": "ntp"}, "sweep": {"sigma": [0.5, 1.0]}},
+        ("sigma", "ntp", "forward multiplier"),
+    ),
+    (
+        {
+            "sweep": {"lr": [0.05, 0.1]},
+            "probes": {"train_loss": {"every": 1}, "sharpness": {"every": 5, "lr_weighted": True}},
+        },
+        ("lr_weighted", "sweep"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("overrides", "needles"), BAD_SWEEPS, ids=lambda v: str(v)[:40])
+def test_bad_sweep_is_one_line_and_writes_nothing(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    overrides: dict[str, Any],
+    needles: tuple[str, ...],
+) -> None:
+    spec = tiny_spec_dict(tmp_path / "study", **overrides)
+    path = write_spec(tmp_path / "bad.yaml", spec)
+    code = main(["run", str(path), "--quiet"])
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert code == 2, captured.err
+    assert len(err) == 1 and "Traceback" not in captured.err, err
+    for needle in needles:
+        assert needle in err[0], (needle, err[0])
+    assert not (tmp_path / "study").exists()
+
+
+def test_sweep_dims_are_shared_dataset_dims() -> None:
+    from widthwise.dataset_schema import SHARED_DIMS
+    from widthwise.sweep import SWEEP_KEYS
+
+    assert set(SWEEP_KEYS) <= set(SHARED_DIMS)
