@@ -164,16 +164,18 @@ def test_coord_check_prints_a_table(tiny_spec, capsys: pytest.CaptureFixture[str
     path = tiny_spec()
     assert main(["coord-check", str(path), "--steps", "2"]) == 0
     shown = capsys.readouterr().out
-    assert "mean |activation| after 2 steps (mup)" in shown
-    assert header(shown) == ["layer", "width 16", "width 32", "max/min"]
-    da = widthwise.coord_check(load_spec(path), steps=2).isel(step=-1)
+    assert "mean |coordinate| after 2 steps (mup, 2 seeds, probe inputs)" in shown
+    assert header(shown) == ["layer", "width 16", "width 32", "slope [95 %]", "verdict"]
+    da = widthwise.coord_check(load_spec(path), steps=2).isel(step=-1).mean("seed")
     rows = table_rows(shown)
-    assert list(rows) == [str(v) for v in da.layer.values] == ["l1", "l2", "out"]
+    assert list(rows) == [str(v) for v in da.layer.values]
+    assert list(rows)[-1] == "output" and "preact/l1" in rows and "act/l1" in rows
     for layer, row in rows.items():
         vals = da.sel(layer=layer).values
         assert row[1:3] == [f"{v:.3g}" for v in vals]
-        assert row[3] == f"{vals.max() / vals.min():.2f}×"
+        assert row[4] in ("flat", "grows", "shrinks", "undetermined")
         assert np.all(vals > 0)
+    assert "Log-log slope of coordinate size in width after 2 steps (mup)" in shown
     assert not (path.parent / "study").exists()  # coord-check writes no study
 
 

@@ -129,8 +129,6 @@ def test_other_helpers_state_only_what_the_numbers_show() -> None:
         coords={"width": [32, 16], "test_step": [0, 5, 10]},
     )  # fmt: skip
     assert sc.wider_is_better(mean, "test_step") == (1, 2)  # step 0 is not counted
-    cc = sr.coord_sentence({"l1": 0.02, "out": 0.6, "l2": NAN}, 3)
-    assert "flat in width: l1; growing with width: out; not measured: l2" in cc
     tp = sr.task_power_sentence([16, 32], [0.1, 0.3], [0.5, 0.2], 2, (0, 20))
     assert tp.startswith("C(2) from step 0 to step 20: 0.1 → 0.5 at width 16, 0.3 → 0.2 at 32")
     assert "rises at width 16; falls at width 32" in tp

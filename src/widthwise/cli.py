@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from widthwise.errors import UserError
 
@@ -175,27 +174,39 @@ def _members(spec: StudySpec) -> str:
 
 
 def _cmd_coord_check(args: argparse.Namespace, console: Console) -> int:
+    from widthwise.analysis.coordinates import coord_slopes
+    from widthwise.coord_check_view import check_data, check_plot_path, print_check, write_plot
     from widthwise.coordinate_check import coord_check
     from widthwise.families.module import print_roles
-    from widthwise.spec import load_spec, refuse_code
+    from widthwise.spec import load_spec, refuse_code, validate_spec
 
     import_plugins(args.imports)
     spec = load_spec(args.spec, device=args.device)
     refuse_code(spec, args.imports)  # a module family's factory is code (docs/security.md)
-    print_roles(spec, console)  # module families: the inferred roles (docs/modules.md)
-    da = coord_check(spec, steps=args.steps)
-    table = Table(
-        title=f"mean |activation| after {args.steps} steps ({spec.parameterization.name})"
-    )
-    table.add_column("layer")
-    for w in da.width.values:
-        table.add_column(f"width {int(w)}", justify="right")
-    table.add_column("max/min", justify="right")
-    last = da.isel(step=-1)
-    for layer in da.layer.values:
-        vals = last.sel(layer=layer).values
-        table.add_row(str(layer), *[f"{v:.3g}" for v in vals], f"{vals.max() / vals.min():.2f}×")
-    console.print(table)
+    plot = check_plot_path(args.plot) if args.plot else None
+    specs = {spec.parameterization.name: spec}
+    if args.compare:  # the same spec under another parameterization, validated as a spec
+        raw = spec.model_dump(mode="json", exclude_none=True)
+        raw["parameterization"] = {"name": args.compare}  # its defaults: options differ
+        other = validate_spec(raw, f"--compare {args.compare}")
+        specs[other.parameterization.name] = other
+    if not args.json:
+        print_roles(spec, console)  # module families: the inferred roles (docs/modules.md)
+    checks, data = {}, []
+    for name, s in specs.items():
+        cc = coord_check(s, steps=args.steps, fixed_batch=args.fixed_batch, stat=args.stat)
+        slopes = coord_slopes(cc)
+        checks[name] = cc
+        if args.json:
+            data.append(check_data(cc, slopes))
+        else:
+            print_check(cc, slopes, console)
+    if plot is not None:
+        write_plot(checks, plot)
+        if not args.json:
+            console.print(escape(f"Figure in {plot}"), highlight=False)
+    if args.json:
+        _print_json({"checks": data, "plot": str(plot) if plot else None})
     return 0
 
 
@@ -311,9 +322,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_output_flags(ls, quiet="only the names, one per line")
     ls.set_defaults(fn=_cmd_list)
-    c = sub.add_parser("coord-check", help="activation size vs width over the first steps")
+    c = sub.add_parser(
+        "coord-check", help="coordinate size vs width over the first steps, a verdict per layer"
+    )
     c.add_argument("spec")
     c.add_argument("--steps", type=_non_negative_int, default=3, help="updates to take (>= 0)")
+    c.add_argument(
+        "--fixed-batch",
+        action="store_true",
+        help="train and measure on one batch, as mup's fix_data (default: the stream, "
+        "measured on probe inputs)",
+    )
+    c.add_argument(
+        "--stat",
+        choices=("mean_abs", "rms"),
+        default="mean_abs",
+        help="coordinate size: mean |x| (mup's l1, default) or RMS (mup's l2)",
+    )
+    c.add_argument(
+        "--compare", metavar="PARAM", help="also check under this parameterization (e.g. sp)"
+    )
+    c.add_argument("--plot", metavar="PNG", help="write the figure to this .png")
+    c.add_argument("--json", action="store_true", help="machine-readable JSON (docs/cli.md)")
     c.add_argument("--device")
     _add_import_flag(c)
     c.set_defaults(fn=_cmd_coord_check)

@@ -1,12 +1,29 @@
-"""Coordinate check: the size of every layer's activations vs width over the first steps.
+"""Coordinate check: the size of every layer's coordinates vs width over the first steps.
 
-Under a parameterization with a well-defined limit (mup, mf), mean |activation|
-per coordinate stays flat in width after a few steps; under sp it grows with width
-(Yang et al. 2022's diagnostic, as ``mup.coord_check``, for every family and
-parameterization of widthwise).
+Under a parameterization with a well-defined limit (mup, mf) the typical size of each
+layer's coordinates stays flat in width after a few steps; under sp it grows with width
+(Yang et al. 2022, Tensor Programs V, Fig. 5; ``mup.coord_check``), for every family
+and parameterization of widthwise. The verdict per layer:
+:func:`widthwise.analysis.coordinates.coord_slopes`.
+
+Layers are named by what they are: ``preact/<layer>`` (a linear map's output, what
+``mup`` records as ``<layer>`` for an ``nn.Linear``), ``act/<layer>`` (after the
+nonlinearity, or a residual block's output), ``output`` (the logits). Families tap
+what they have (``docs/families.md``); a module family taps its leaf modules.
+
+Two modes:
+
+- default: train on the study's stream (batch t at step t); measure on ``points``
+  fixed probe inputs after each update (step s = the network after s updates, 0 = init).
+- ``fixed_batch=True`` (``mup``'s ``fix_data``): train on the stream's batch 0 at every
+  step and measure on that batch, before each update; step s here is ``mup``'s t = s + 1
+  (tested equal to ``mup.coord_check.get_coord_data`` on the same weights).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 import torch
@@ -16,6 +33,33 @@ from widthwise.spec import StudySpec
 from widthwise.streams import STREAMS
 from widthwise.trainer import EnsembleTrainer
 
+Stat = Literal["mean_abs", "rms"]
+STATS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    # per member: reduce every dim but the leading seed dim
+    "mean_abs": lambda v: v.abs().flatten(1).mean(1),  # mup's "l1"
+    "rms": lambda v: v.pow(2).flatten(1).mean(1).sqrt(),  # mup's "l2"
+}
+UNITS = {"mean_abs": "mean |coordinate|", "rms": "RMS of coordinates"}
+
+
+class _FixedBatch:
+    """The stream with batch 0 at every step (``mup``'s ``fix_data``)."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def batch(self, t: int, n: int):
+        return self._stream.batch(0, n)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def _kind(layer: str) -> str:
+    if layer == "output":
+        return "output"
+    return "preactivation" if layer.startswith("preact/") else "activation"
+
 
 def coord_check(
     spec: StudySpec,
@@ -23,38 +67,69 @@ def coord_check(
     steps: int = 3,
     widths: list[int] | None = None,
     points: int = 256,
+    fixed_batch: bool = False,
+    stat: Stat = "mean_abs",
     device: torch.device | None = None,
+    on_width: Callable[[int], None] | None = None,
 ) -> xr.DataArray:
-    """Mean |coordinate| of each tapped layer and of the output, per width and step.
+    """Coordinate size of each tapped layer and of the output, per width, seed and step.
 
-    Returns a DataArray with dims (width, layer, step): step s is the network after
-    s updates (0 = init), measured on ``points`` fixed inputs of the stream and
-    averaged over inputs, coordinates and seeds. Layers are the family's
-    ``act/<layer>`` taps plus ``out`` (the logits).
+    Returns ``coord_size`` (width, seed, layer, step): ``stat`` ("mean_abs": mean
+    |x|, ``mup``'s l1; "rms": √mean x², ``mup``'s l2) over inputs and coordinates of
+    each member. Coordinates ``kind`` (layer,) say "preactivation", "activation" or
+    "output". A sweep in ``spec`` is ignored (the check runs at its base values). The
+    module docstring says what is measured on in each mode. ``on_width(w)`` is called
+    as each width starts (a progress bar).
     """
+    if stat not in STATS:
+        raise ValueError(f"stat: {stat!r}: allowed: {', '.join(STATS)}")
+    if spec.sweep:
+        spec = spec.model_copy(update={"sweep": {}})
     widths = widths or spec.widths
     stream = STREAMS.get(spec.data.stream)(spec.data.seed, spec.stream_options())
-    x_np, y_np = stream.probe_set(points)
+    if fixed_batch:
+        stream = _FixedBatch(stream)
+        x_np, y_np = stream.batch(0, spec.batch_size)
+    else:
+        x_np, y_np = stream.probe_set(points)
+    reduce = STATS[stat]
     rows = []
     layer_names: list[str] = []
     for width in widths:
-        trainer = EnsembleTrainer(spec, width, stream, device)
+        if on_width is not None:
+            on_width(width)
+        trainer = EnsembleTrainer(spec, width, stream, device)  # type: ignore[arg-type]
         x, _ = trainer.to_tensors(x_np, y_np)  # token ids stay integers
         per_step = []
         for s in range(steps + 1):
             with torch.no_grad():
                 out, taps = trainer.ensemble.forward_taps(trainer.params, x)
-            acts = {k.removeprefix("act/"): v for k, v in taps.items() if k.startswith("act/")}
-            acts["out"] = out
-            layer_names = list(acts)
-            per_step.append([float(v.abs().mean()) for v in acts.values()])
+            sizes = {k: v for k, v in taps.items() if k.startswith(("preact/", "act/"))}
+            sizes["output"] = out
+            layer_names = list(sizes)
+            per_step.append(torch.stack([reduce(v.double()) for v in sizes.values()]))
             if s < steps:
                 trainer.train_step()
-        rows.append(np.array(per_step).T)  # (layer, step)
+        rows.append(torch.stack(per_step, -1).cpu().numpy())  # (layer, seed, step)
+    data = np.stack(rows).transpose(0, 2, 1, 3)  # (width, seed, layer, step)
     return xr.DataArray(
-        np.stack(rows),
-        dims=("width", "layer", "step"),
-        coords={"width": widths, "layer": layer_names, "step": np.arange(steps + 1)},
-        name="mean_abs_activation",
-        attrs={"parameterization": spec.parameterization.name, "units": "mean |coordinate|"},
+        data,
+        dims=("width", "seed", "layer", "step"),
+        coords={
+            "width": widths,
+            "seed": list(spec.seed_list),
+            "layer": layer_names,
+            "kind": ("layer", [_kind(n) for n in layer_names]),
+            "step": np.arange(steps + 1),
+        },
+        name="coord_size",
+        attrs={
+            "parameterization": spec.parameterization.name,
+            "units": UNITS[stat],
+            "stat": stat,
+            "fixed_batch": bool(fixed_batch),
+            "measured_on": "the training batch 0 (before each update)"
+            if fixed_batch
+            else f"{points} fixed probe inputs",
+        },
     )

@@ -16,6 +16,7 @@ from widthwise.analysis._checks import AnalysisError
 from widthwise.analysis.alignment import kernel_target_alignment
 from widthwise.analysis.bias_variance import bias_variance, ensemble_size_curve, probe_loss
 from widthwise.analysis.consistency import consistency_verdict, successive_differences
+from widthwise.analysis.coordinates import coord_slopes
 from widthwise.analysis.distance import (
     relative_frobenius,
     relative_frobenius_to_widest,
@@ -81,6 +82,7 @@ from widthwise.analysis.verdict import (
 )
 
 __all__ = [
+    "coord_slopes",
     "AnalysisError",
     "attention_distance",
     "attention_distance_to_widest",

@@ -4,6 +4,7 @@ coordinate check. Pure functions: DataArrays / Datasets in, a Figure out."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -384,39 +385,61 @@ def sharpness(
 
 @styled
 def coord_check(da: xr.DataArray) -> Figure:
-    """Mean |activation| per layer vs width after each of the first steps (coordinate check).
+    """Coordinate size per layer vs width after each of the first steps (coordinate check).
 
-    ``da`` (width, layer, step) from :func:`widthwise.coord_check`. Flat lines in
-    width mean the parameterization has a width-independent limit; growth means it
-    blows up (sp). A value that is exactly 0 (a zero-initialised readout before the
-    first step) cannot sit on the log axis: it is an open marker on the bottom edge.
+    ``da`` (width, [seed], layer, step) from :func:`widthwise.coord_check` (seed mean
+    drawn). Flat lines in width mean the parameterization has a width-independent
+    limit; growth means it blows up (sp). A value that is exactly 0 (a
+    zero-initialised readout before the first step) cannot sit on the log axis: it is
+    an open marker on the bottom edge.
     """
-    steps = da.step.values
-    fig, axes = new_figure(1, len(steps), sharey=True)
-    w = da.width.values
-    for ax, s in zip(axes[0], steps):
-        for i, layer in enumerate(da.layer.values):
-            y = da.sel(step=s, layer=layer).values
-            ax.plot(
-                w,
-                positive(y),
-                marker=MARKERS[i % len(MARKERS)],
-                ms=3,
-                color=f"C{i}",
-                label=str(layer),
+    return _coord_rows({"": da})
+
+
+@styled
+def coord_check_rows(checks: dict[str, xr.DataArray]) -> Figure:
+    """Several coordinate checks, one row each (e.g. ``{"mup": …, "sp": …}``: muP above
+    SP, ``widthwise coord-check --compare sp``), one y range per row."""
+    return _coord_rows(checks)
+
+
+def _coord_rows(checks: dict[str, xr.DataArray]) -> Figure:
+    means = {
+        k: da.mean("seed", keep_attrs=True) if "seed" in da.dims else da for k, da in checks.items()
+    }
+    first = next(iter(means.values()))
+    steps = first.step.values
+    fig, axes = new_figure(len(means), len(steps), sharey="row")
+    handles: dict[str, Any] = {}
+    for row, (label, da) in zip(axes, means.items()):
+        w = da.width.values
+        for ax, s in zip(row, steps):
+            for i, layer in enumerate(da.layer.values):
+                y = da.sel(step=s, layer=layer).values
+                ax.plot(
+                    w,
+                    positive(y),
+                    marker=MARKERS[i % len(MARKERS)],
+                    ms=3,
+                    color=f"C{i}",
+                    label=str(layer),
+                )
+                zero_markers(ax, w, y, color=f"C{i}", marker=MARKERS[i % len(MARKERS)])
+            title = f"after {int(s)} step{'s' if s != 1 else ''}"
+            style_axes(
+                ax,
+                xlabel="width",
+                ylabel=da.attrs.get("units", "mean |coordinate|") if s == steps[0] else "",
+                title=f"{label} — {title}" if label else title,
+                logx=True,
+                logy=True,
             )
-            zero_markers(ax, w, y, color=f"C{i}", marker=MARKERS[i % len(MARKERS)])
-        style_axes(
-            ax,
-            xlabel="width",
-            ylabel="mean |coordinate|" if s == steps[0] else "",
-            title=f"after {int(s)} step{'s' if s != 1 else ''}",
-            logx=True,
-            logy=True,
-        )
-        width_ticks(ax, w)
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    if any(has_zero_markers(a) for a in axes[0]):
-        handles.append(zero_handle())
-    figure_legend(fig, handles, where="right upper")
+            width_ticks(ax, w)
+        hs, ls = row[0].get_legend_handles_labels()
+        for h, lab in zip(hs, ls):
+            handles.setdefault(lab, h)
+    out = list(handles.values())
+    if any(has_zero_markers(a) for a in axes.flat):
+        out.append(zero_handle())
+    figure_legend(fig, out, where="right upper")
     return fig

@@ -285,23 +285,6 @@ def limit_sentence(
     return f"{text}: not like {ref} (the interval reaches 0: no trend in width resolved)"
 
 
-def coord_sentence(slopes: dict[str, float], steps: int, *, flat: float = FLAT_SLOPE) -> str:
-    """Coordinate check: which layers are flat in width (|log-log slope| ≤ ``flat``) and
-    which grow or shrink, after ``steps`` steps; "not measured" for non-finite slopes."""
-    if not slopes or not any(np.isfinite(v) for v in slopes.values()):
-        return f"Log-log slopes in width {NOT_MEASURED}."
-    listed = ", ".join(f"{k} {fmt(v)}" for k, v in slopes.items())
-    groups = {
-        "flat in width": [k for k, v in slopes.items() if np.isfinite(v) and abs(v) <= flat],
-        "growing with width": [k for k, v in slopes.items() if np.isfinite(v) and v > flat],
-        "shrinking with width": [k for k, v in slopes.items() if np.isfinite(v) and v < -flat],
-        NOT_MEASURED: [k for k, v in slopes.items() if not np.isfinite(v)],
-    }
-    said = "; ".join(f"{g}: {', '.join(ks)}" for g, ks in groups.items() if ks)
-    after = f"after {steps} step{'s' if steps != 1 else ''}"
-    return f"Log-log slope of mean |coordinate| in width {after}: {listed} ({said}; flat: |slope| ≤ {flat:g})."
-
-
 def _seed_mean(da: xr.DataArray) -> xr.DataArray:
     """Mean over seeds; a diverged member is NaN throughout, so NaN-skipping drops it."""
     return da.mean("seed", skipna=True)
@@ -996,32 +979,41 @@ def _gradient_flow(ds, eig, y, rows, m):
 
 
 def coord_check_section(cc: xr.DataArray | None, reason: str = "") -> Section:
-    """The coordinate check (computed by the caller), or a note saying why it was skipped."""
+    """The coordinate check (computed by the caller), or a note saying why it was skipped.
+
+    ``cc``: (width, seed, layer, step) from :func:`widthwise.coord_check`; the verdict
+    per layer is :func:`widthwise.analysis.coordinates.coord_slopes` at the last step."""
+    from widthwise.analysis.coordinates import coord_sentence as slope_sentence
+    from widthwise.analysis.coordinates import coord_slopes
+
     sec = Section(
         id="coord_check",
         title="Coordinate check",
-        paper="",
-        text="As in Yang et al. (2022): mean |coordinate| of every layer's activations and of "
-        "the output against width after each of the first training steps (theory: flat in "
-        "width under a parameterization with a feature-learning limit, mup and mf; growing "
-        "under sp).",
+        paper="(Yang et al. 2022)",
+        text="As in Yang et al. (2022): the size of every layer's preactivations, "
+        "activations and of the output against width after each of the first training "
+        "steps, with a verdict per layer from the log-log slope in width and its seed "
+        "interval (theory: flat in width under a parameterization with a "
+        "feature-learning limit, mup and mf; growing under sp).",
     )
     if cc is None:
         sec.notes.append(reason or "Skipped.")
         return sec
-    last = cc.isel(step=-1)
-    slopes = {
-        str(layer): loglog_slope(last.width.values, last.sel(layer=layer).values)
-        for layer in last.layer.values
-    }
-    sec.text += " " + coord_sentence(slopes, int(last.step))
+    if "seed" not in cc.dims:  # a seed-mean check (older callers): no interval
+        cc = cc.expand_dims(seed=[0]).transpose("width", "seed", ...)
+    slopes = coord_slopes(cc)
+    sec.text += " " + slope_sentence(slopes)
+    hints = [f"{layer}: {h}" for layer, h in zip(slopes.layer.values, slopes.hint.values) if h]
+    sec.notes.extend(hints)
     sec.panels.append(
         Panel(
             "coord_check",
             fig_fits.coord_check(cc),
             f"Parameterization {cc.attrs.get('parameterization', '?')}; "
-            "mean over probe inputs, coordinates and seeds.",
+            f"{cc.attrs.get('units', 'mean |coordinate|')} over "
+            f"{cc.attrs.get('measured_on', 'probe inputs')}, seed mean.",
         )
     )
     sec.tables["coord_check"] = tidy(cc)
+    sec.tables["coord_check_slopes"] = slopes.to_dataframe().reset_index()
     return sec
