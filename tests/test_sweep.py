@@ -191,9 +191,13 @@ BAD_SWEEPS = [
     (
         {
             "sweep": {"lr": [0.05, 0.1]},
-            "probes": {"train_loss": {"every": 1}, "sharpness": {"every": 5, "lr_weighted": True}},
+            "optimizer": {"name": "adam", "lr": 0.01},
+            "probes": {
+                "train_loss": {"every": 1},
+                "sharpness": {"every": 5, "preconditioned": True},
+            },
         },
-        ("lr_weighted", "sweep"),
+        ("preconditioned", "sweep.lr"),
     ),
 ]
 
@@ -222,3 +226,25 @@ def test_sweep_dims_are_shared_dataset_dims() -> None:
     from widthwise.sweep import SWEEP_KEYS
 
     assert set(SWEEP_KEYS) <= set(SHARED_DIMS)
+
+
+def test_lr_weighted_probes_of_a_member_equal_its_point_alone(tmp_path: Path) -> None:
+    """Λ = the per-tensor lr *scales*: the same operator for every member of an lr sweep,
+    so sharpness_lr and entk_lr of a member are those of its point run alone."""
+    probes = {
+        "train_loss": {"every": 1},
+        "sharpness": {"every": 4, "batch_points": 16, "plain": False, "tol": 1e-6},
+        "entk": {"at": ["init", "end"], "points": 8},
+    }
+    optimizer = {"name": "sgd", "lr": 0.1, "momentum": 0.9}
+    spec = _spec(tmp_path / "sweep", optimizer, sweep={"lr": [0.05, 0.2]}, probes=probes)
+    spec["widths"] = [16]
+    assert main(["run", str(write_spec(tmp_path / "sweep.yaml", spec)), "--quiet"]) == 0
+    ds = widthwise.open_study(tmp_path / "sweep")
+    one = _point_spec(spec, {"lr": 0.2}, tmp_path / "one")
+    assert main(["run", str(write_spec(tmp_path / "one.yaml", one)), "--quiet"]) == 0
+    ref = widthwise.open_study(tmp_path / "one")
+    for var in ("sharpness_lr", "entk_lr"):
+        got = ds[var].sel(lr=0.2).values
+        np.testing.assert_allclose(got, ref[var].values, rtol=1e-6, err_msg=var)
+    assert not np.allclose(ds.entk_lr.sel(lr=0.05).values, ds.entk_lr.sel(lr=0.2).values)

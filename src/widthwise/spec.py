@@ -667,11 +667,8 @@ def _sweep_problems(spec: StudySpec) -> list[str]:
             f"sweep.sigma: under {name} σ is a forward multiplier, which cannot vary per "
             "member; allowed under sp, mup and umup"
         )
-    if "lr" in spec.sweep:
-        for probe, keys in {
-            "sharpness": ("lr_weighted", "preconditioned"),
-            "ntk": ("lr_weighted",),
-        }.items():
+    if "lr" in spec.sweep:  # lr_weighted operators use the lr *scales*: the same per member
+        for probe, keys in {"sharpness": ("preconditioned",)}.items():
             opts = spec.probes.get(probe)
             if not isinstance(opts, dict) or probe not in PROBES:
                 continue
@@ -682,8 +679,9 @@ def _sweep_problems(spec: StudySpec) -> list[str]:
             for key in keys:
                 if getattr(valid, key, False):
                     problems.append(
-                        f"probes.{probe}.{key}: this operator depends on each member's learning "
-                        f"rate, which sweep.lr varies; set {key}: false in a learning-rate sweep"
+                        f"probes.{probe}.{key}: Adam's preconditioner includes the learning "
+                        f"rate, which sweep.lr varies per member; set {key}: false in a "
+                        "learning-rate sweep"
                     )
     return problems
 
