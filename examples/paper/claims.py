@@ -1276,19 +1276,14 @@ CLAIMS: dict[str, Claim] = {
             ("c8_offline_label_noise", "c8_online"),
             c8_analyze,
             c8_figures,
-            expected_fail=(
-                "offline breaks consistency (Sec. 3.2",
-                "offline can break 'wider is better'",
-            ),
+            expected_fail=("offline breaks consistency (Sec. 3.2",),
             scale_note=(
                 "on 500 Fashion-MNIST images with half the labels random, the MLPs over-fit "
-                "(final loss on the noisy training set 0.33-0.61 nats, held-out 4.2-5.1) but do "
-                "not memorize completely in 900 steps, and the held-out loss's seed spread is "
-                "15 % (online 6 %) at 4 seeds: the offline gap to the widest is 0.4-1.6 × the "
-                "online one (not the paper's 'larger gaps'), and the final held-out loss rises "
-                "with width in the paper's direction (4.2 at width 64, 4.7 at 1024; slope "
-                "+0.045 [−0.034, 0.123]) without the seeds resolving it. The paper's effect "
-                "comes with full memorization and double descent (ResNet-18 on CIFAR-50k)."
+                "and, with 16 seeds, the final held-out loss rises with width as the paper says "
+                "(slope +0.075 [0.047, 0.104]; with 4 seeds the interval straddled 0); but they "
+                "do not memorize completely in 900 steps, so the offline gap to the widest is "
+                "0.36-0.84 × the online one, not the paper's 'larger gaps'. That effect comes "
+                "with full memorization and double descent (ResNet-18 on CIFAR-50k)."
             ),
         ),
         Claim(
