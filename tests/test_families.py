@@ -361,8 +361,11 @@ def test_transformer_roles_shapes_and_taps() -> None:
         1,
     )
     assert (p["pos.weight"].role, p["pos.weight"].shape) == (Role.INPUT, (SEQ, 16))
-    assert p["b1.attn.query.weight"].tags == frozenset({"query"})
-    assert p["b1.attn.key.weight"].tags == frozenset()
+    assert p["b1.attn.query.weight"].tags == frozenset({"query", "branch"})
+    assert p["b1.attn.key.weight"].tags == frozenset({"branch"})
+    assert p["b2.ff2.weight"].tags == frozenset({"branch", "branch_out"})  # depth-muP's
+    assert p["b1.attn.proj.weight"].tags == frozenset({"branch", "branch_out"})
+    assert p["embed.weight"].tags == frozenset({"embedding"}) and not p["ln_f.weight"].tags
     assert "b1.attn.key.bias" not in p and "b1.attn.value.bias" in p
     assert (p["b2.ff1.weight"].shape, p["b2.ff1.weight"].fan_in) == ((64, 16), 16)
     assert (p["b2.ff2.weight"].shape, p["b2.ff2.weight"].fan_in) == ((16, 64), 64)

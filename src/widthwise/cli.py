@@ -173,12 +173,29 @@ def _members(spec: StudySpec) -> str:
     return f"{grid} × {seeds} = {len(spec.member_ids)} members"
 
 
+def _depth_list(text: str) -> list[int]:
+    """``--depths 2,4,8``: distinct integers in 1..1000 (one-line UserError otherwise)."""
+    try:
+        depths = [int(t) for t in text.split(",")]
+    except ValueError:
+        depths = []
+    if (
+        len(depths) < 2
+        or len(set(depths)) != len(depths)
+        or not all(1 <= d <= 1000 for d in depths)
+    ):
+        raise UserError(
+            f"--depths: {text!r}: at least 2 distinct integers from 1 to 1000, comma-separated"
+        )
+    return depths
+
+
 def _cmd_coord_check(args: argparse.Namespace, console: Console) -> int:
     from widthwise.analysis.coordinates import coord_slopes
     from widthwise.coord_check_view import check_data, check_plot_path, print_check, write_plot
-    from widthwise.coordinate_check import coord_check
+    from widthwise.coordinate_check import coord_check, coord_check_depths
     from widthwise.families.module import print_roles
-    from widthwise.spec import load_spec, refuse_code, validate_spec
+    from widthwise.spec import DEPTH_MUP_FAMILIES, load_spec, refuse_code, validate_spec
 
     import_plugins(args.imports)
     spec = load_spec(args.spec, device=args.device)
@@ -187,15 +204,30 @@ def _cmd_coord_check(args: argparse.Namespace, console: Console) -> int:
     specs = {spec.parameterization.name: spec}
     if args.compare:  # the same spec under another parameterization, validated as a spec
         raw = spec.model_dump(mode="json", exclude_none=True)
-        raw["parameterization"] = {"name": args.compare}  # its defaults: options differ
+        if args.compare == "no-depth-mup":  # the same spec without depth-muP
+            raw.pop("depth_mup", None)
+        else:
+            raw["parameterization"] = {"name": args.compare}  # its defaults: options differ
         other = validate_spec(raw, f"--compare {args.compare}")
-        specs[other.parameterization.name] = other
+        specs[args.compare] = other
     if not args.json:
         print_roles(spec, console)  # module families: the inferred roles (docs/modules.md)
+    depths = _depth_list(args.depths) if args.depths else None
+    if depths and spec.model.family not in DEPTH_MUP_FAMILIES:
+        raise UserError(
+            f"--depths: family {spec.model.family!r} has no depth option with residual "
+            f"branches; allowed: {', '.join(DEPTH_MUP_FAMILIES)}"
+        )
     checks, data = {}, []
     for name, s in specs.items():
-        cc = coord_check(s, steps=args.steps, fixed_batch=args.fixed_batch, stat=args.stat)
-        slopes = coord_slopes(cc)
+        how = {"steps": args.steps, "fixed_batch": args.fixed_batch, "stat": args.stat}
+        if depths:
+            cc = coord_check_depths(s, depths, **how)
+            slopes = coord_slopes(cc, dim="depth")
+            name = str(cc.attrs["parameterization"])
+        else:
+            cc = coord_check(s, **how)
+            slopes = coord_slopes(cc)
         checks[name] = cc
         if args.json:
             data.append(check_data(cc, slopes))
@@ -343,6 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--compare", metavar="PARAM", help="also check under this parameterization (e.g. sp)"
     )
     c.add_argument("--plot", metavar="PNG", help="write the figure to this .png")
+    c.add_argument(
+        "--depths",
+        metavar="L,L,...",
+        help="check along depth instead (transformer; e.g. 2,4,8,16) at the narrowest width",
+    )
     c.add_argument("--json", action="store_true", help="machine-readable JSON (docs/cli.md)")
     c.add_argument("--device")
     _add_import_flag(c)

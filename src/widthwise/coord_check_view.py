@@ -29,7 +29,10 @@ def _num(x: float) -> float | None:
 def print_check(cc: xr.DataArray, slopes: xr.Dataset, console: Console) -> None:
     """The table of one check (a parameterization), its sentence and hints."""
     last = cc.isel(step=-1).mean("seed")
+    dim = _dim(cc)
     how = "fixed batch" if cc.attrs.get("fixed_batch") else "probe inputs"
+    if dim == "depth":
+        how += f", width {cc.attrs.get('width', '?')}"
     table = Table(
         title=escape(
             f"{cc.attrs.get('units', 'size')} after {int(cc.step[-1])} steps "
@@ -37,8 +40,8 @@ def print_check(cc: xr.DataArray, slopes: xr.Dataset, console: Console) -> None:
         )
     )
     table.add_column("layer", no_wrap=True)
-    for w in cc.width.values:
-        table.add_column(f"width {int(w)}", justify="right")
+    for w in cc[dim].values:
+        table.add_column(f"{dim} {int(w)}", justify="right")
     table.add_column("slope [95 %]", justify="right", no_wrap=True)
     table.add_column("verdict", no_wrap=True)
     for layer in cc.layer.values:
@@ -59,16 +62,22 @@ def print_check(cc: xr.DataArray, slopes: xr.Dataset, console: Console) -> None:
             console.print(escape(f"hint: {layer}: {hint}"), soft_wrap=True, highlight=False)
 
 
+def _dim(cc: xr.DataArray) -> str:
+    return "depth" if "depth" in cc.dims else "width"
+
+
 def check_data(cc: xr.DataArray, slopes: xr.Dataset) -> dict[str, Any]:
     """One check as JSON-able data (``coord-check --json``; fields in docs/cli.md)."""
     last = cc.isel(step=-1).mean("seed")
+    dim = _dim(cc)
     return {
+        "along": dim,
         "parameterization": cc.attrs.get("parameterization"),
         "stat": cc.attrs.get("stat"),
         "fixed_batch": bool(cc.attrs.get("fixed_batch")),
         "steps": int(cc.step[-1]),
         "seeds": cc.sizes["seed"],
-        "widths": [int(w) for w in cc.width.values],
+        f"{dim}s": [int(w) for w in cc[dim].values],
         "flat": slopes.attrs["flat"],
         "layers": [
             {

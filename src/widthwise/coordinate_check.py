@@ -133,3 +133,56 @@ def coord_check(
             else f"{points} fixed probe inputs",
         },
     )
+
+
+def _depth_layer(name: str, depth: int) -> str | None:
+    """Block taps named by position so depths compare: ``act/b1`` → ``act/first``,
+    ``act/b{depth}`` → ``act/last``; other blocks dropped; ``output`` kept."""
+    if name == "output":
+        return name
+    kind, _, block = name.partition("/")
+    if block == "b1":
+        return f"{kind}/first"
+    if block == f"b{depth}":
+        return f"{kind}/last"
+    return None
+
+
+def coord_check_depths(
+    spec: StudySpec,
+    depths: list[int],
+    *,
+    width: int | None = None,
+    steps: int = 3,
+    points: int = 256,
+    fixed_batch: bool = False,
+    stat: Stat = "mean_abs",
+    device: torch.device | None = None,
+) -> xr.DataArray:
+    """The coordinate check along depth at one width (depth-muP: Tensor Programs VI).
+
+    Builds the spec's family at every depth in ``depths`` (``model.options.depth``;
+    ``depth_mup`` applies as in a study) at ``width`` (default the spec's narrowest)
+    and measures as :func:`coord_check`. Returns ``coord_size`` (depth, seed, layer,
+    step) with layers ``{preact,act}/first`` (block 1), ``{preact,act}/last`` (the last
+    block: the residual stream after it) and ``output``. Under depth-muP the last
+    block's size is flat in depth; without it the residual stream grows like √L.
+    """
+    if len(set(depths)) != len(depths) or len(depths) < 2 or min(depths) < 1:
+        raise ValueError(f"depths: {depths!r}: at least 2 distinct depths >= 1")
+    width = width or min(spec.widths)
+    rows = []
+    for d in depths:
+        model = spec.model.model_copy(update={"options": {**spec.model.options, "depth": d}})
+        at = spec.model_copy(update={"model": model, "widths": [width]})
+        cc = coord_check(
+            at, steps=steps, points=points, fixed_batch=fixed_batch, stat=stat, device=device
+        )
+        names = {str(n): _depth_layer(str(n), d) for n in cc.layer.values}
+        keep = [n for n, new in names.items() if new is not None]
+        cc = cc.sel(layer=keep, width=width, drop=True)
+        rows.append(cc.assign_coords(layer=[names[n] for n in keep]).expand_dims(depth=[d]))
+    out = xr.concat(rows, "depth", join="inner")
+    out.attrs = {**rows[0].attrs, "width": int(width)}
+    out.attrs["parameterization"] += " + depth-muP" if spec.depth_mup else ""
+    return out

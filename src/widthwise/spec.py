@@ -36,7 +36,12 @@ EXAMPLES_DIR = Path(__file__).parent / "examples"
 
 NOT_HASHED = {"out", "device", "description", "executor", "trackers"}
 """Spec keys that do not change a study's numbers (a study may resume with others)."""
-HASHED_WHEN_SET: dict[str, Any] = {"mixed_precision": "none", "deterministic": False, "sweep": {}}
+HASHED_WHEN_SET: dict[str, Any] = {
+    "mixed_precision": "none",
+    "deterministic": False,
+    "sweep": {},
+    "depth_mup": None,
+}
 """Keys newer than format 1, hashed only when not at these defaults (older hashes hold)."""
 
 # -- limits: every number in a spec is finite and bounded, every document small ------
@@ -81,6 +86,20 @@ BUILT_IN_OPTIONS = ("gamma0", "center", "readout_zero_init", "query_zero_init")
 """Options of the first parameterizations, kept as fields (so every spec's dump, and
 hash, stays as it was); like any other key they are validated by the options model of
 the named parameterization."""
+
+
+DEPTH_MUP_FAMILIES = ("transformer",)
+"""Families with residual branches tagged for depth-muP and a ``depth`` option."""
+
+
+class DepthMupSpec(_Strict):
+    """Depth-muP (Tensor Programs VI; Bordelon et al. 2023): at ``base_depth`` blocks it
+    is the plain parameterization; at depth L each residual branch is scaled by
+    √(base_depth / L) (and its Adam learning rate likewise)."""
+
+    base_depth: int = Field(
+        ge=1, le=1000, description="depth at which depth-muP is the plain parameterization"
+    )
 
 
 class ParameterizationSpec(_Strict):
@@ -182,6 +201,11 @@ class StudySpec(_Strict):
         description="a name, or a mapping: name, sigma and its options (docs/parameterizations.md)",
     )
     optimizer: OptimizerSpec = Field(description="optimizer and base learning rate")
+    depth_mup: DepthMupSpec | None = Field(
+        None,
+        description="depth-muP: residual branches × √(base_depth/depth), Adam lr likewise "
+        "(transformer; docs/parameterizations.md)",
+    )
     sweep: dict[str, list[float]] = Field(
         default_factory=dict,
         description="hyperparameter grids trained as ensemble members: lr, weight_decay, "
@@ -613,6 +637,11 @@ def _registry_problems(spec: StudySpec) -> list[str]:
             continue
         check(f"trackers.{name}", TRACKERS, name, opts, f"trackers.{name}")
     problems.extend(_parameterization_problems(spec))
+    if spec.depth_mup is not None and spec.model.family not in DEPTH_MUP_FAMILIES:
+        problems.append(
+            f"depth_mup: family {spec.model.family!r} has no residual branches with a depth "
+            f"option; allowed: {', '.join(DEPTH_MUP_FAMILIES)}"
+        )
     if spec.base_width is not None and spec.base_width > spec.widths[-1]:
         problems.append(
             f"base_width: {spec.base_width} is wider than the widest width {spec.widths[-1]}"

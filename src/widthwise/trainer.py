@@ -40,6 +40,8 @@ def rule_context(spec: StudySpec, width: int) -> RuleContext:
         optimizer=spec.optimizer.kind,
         sigma=p.sigma,
         options=p.options(),
+        depth=int(spec.family_options().depth) if spec.depth_mup else None,
+        base_depth=spec.depth_mup.base_depth if spec.depth_mup else None,
     )
 
 

@@ -46,15 +46,17 @@ RULE = (
 )
 
 
-def _slope(da: xr.DataArray) -> xr.DataArray:
-    """Least-squares slope of log(seed-mean) against log(width); NaN where a seed-mean
-    is not finite and > 0 at some width (nothing is skipped)."""
-    mean = da.mean("seed")  # NaN-skipping: a resample's missing members
-    with np.errstate(divide="ignore", invalid="ignore"):
-        y = np.log(mean.where(mean > 0))
-    x = np.log(da["width"].astype(np.float64))
-    xc = x - x.mean()
-    slope = (xc * (y - y.mean("width", skipna=False))).sum("width", skipna=False) / (xc**2).sum()
+def _slope_along(dim: str):
+    def slope(da: xr.DataArray) -> xr.DataArray:
+        """Least-squares slope of log(seed-mean) against log(``dim``); NaN where a
+        seed-mean is not finite and > 0 somewhere along it (nothing is skipped)."""
+        mean = da.mean("seed")  # NaN-skipping: a resample's missing members
+        with np.errstate(divide="ignore", invalid="ignore"):
+            y = np.log(mean.where(mean > 0))
+        x = np.log(da[dim].astype(np.float64))
+        xc = x - x.mean()
+        return (xc * (y - y.mean(dim, skipna=False))).sum(dim, skipna=False) / (xc**2).sum()
+
     return slope
 
 
@@ -68,10 +70,13 @@ def coord_slopes(
     seed: int = 0,
     method: Method = "expanded",
     parameterization: str | None = None,
+    dim: str = "width",
 ) -> xr.Dataset:
     """Per layer: the log-log slope of coordinate size in width, its interval and verdict.
 
-    ``cc``: (width, seed, layer, step) from :func:`widthwise.coord_check` (sizes > 0);
+    ``cc``: (width, seed, layer, step) from :func:`widthwise.coord_check` (sizes > 0),
+    or with ``dim="depth"`` (depth, seed, layer, step) from
+    :func:`widthwise.coordinate_check.coord_check_depths` (the same rule along depth);
     ``step``: the step (a coordinate value; default the last). Returns a Dataset over
     ``layer``: ``slope``, ``slope_lo``, ``slope_hi`` (dimensionless exponent),
     ``n_seeds``, ``verdict`` (:data:`VERDICTS`), ``reason``, ``hint`` (what to check
@@ -79,21 +84,27 @@ def coord_slopes(
     at the narrowest width. ``attrs``: ``flat``, ``rule``, ``step``, ``parameterization``.
     """
     cc = require_dataarray(cc, "cc")
-    require_dims(cc, ("width", "seed", "layer", "step"), "cc")
+    require_dims(cc, (dim, "seed", "layer", "step"), "cc")
     if not (np.isfinite(flat) and flat > 0):
         raise AnalysisError(f"The 'flat' parameter must be a number > 0. Got {flat!r}.")
-    if cc.sizes["width"] < 2:
+    if cc.sizes[dim] < 2:
         raise AnalysisError(
-            f"A slope in width needs at least 2 widths; got {cc.width.values.tolist()}."
+            f"A slope in {dim} needs at least 2 values; got {cc[dim].values.tolist()}."
         )
     steps = cc["step"].values.tolist()
     if step is None:
         step = int(steps[-1])
     elif step not in steps:
         raise AnalysisError(f"Step {step!r} is not in the check's steps {steps}.")
-    at = cc.sel(step=step, drop=True).sortby("width").astype(np.float64)
+    at = cc.sel(step=step, drop=True).sortby(dim).astype(np.float64)
     iv = bootstrap_over_seeds(
-        at, _slope, n_boot=n_boot, level=level, seed=seed, method=method, independent="width"
+        at,
+        _slope_along(dim),
+        n_boot=n_boot,
+        level=level,
+        seed=seed,
+        method=method,
+        independent=dim,
     )
     slope, lo, hi = iv["estimate"], iv["lo"], iv["hi"]
     finite = np.isfinite(slope) & np.isfinite(lo) & np.isfinite(hi)
@@ -113,10 +124,10 @@ def coord_slopes(
         word, why = xr.where(cond, w, word), xr.where(cond, r, why)
     param = parameterization or str(cc.attrs.get("parameterization", ""))
     layers = [str(v) for v in at["layer"].values]
-    hints = [_hint(layer, str(v), param) for layer, v in zip(layers, word.values)]
+    hints = [_hint(layer, str(v), param, dim) for layer, v in zip(layers, word.values)]
     mean = at.mean("seed")
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = mean.isel(width=-1) / mean.isel(width=0)
+        ratio = mean.isel({dim: -1}) / mean.isel({dim: 0})
     out = xr.Dataset(
         {
             "slope": slope,
@@ -135,15 +146,21 @@ def coord_slopes(
         "step": int(step),
         "parameterization": param,
         "level": level,
-        "description": "log-log slope of coordinate size against width, per layer",
+        "dim": dim,
+        "description": f"log-log slope of coordinate size against {dim}, per layer",
     }
     return out
 
 
-def _hint(layer: str, verdict: str, param: str) -> str:
+def _hint(layer: str, verdict: str, param: str, dim: str = "width") -> str:
     """What to check where a layer's size grows with width (empty where it does not)."""
     if verdict != "grows":
         return ""
+    if dim == "depth":
+        return (
+            "the residual stream grows with depth: scale each residual branch by 1/√L "
+            "(depth_mup: {base_depth: ...}, docs/parameterizations.md)"
+        )
     if param == "sp":
         return "expected under sp: weights with a width-sized fan-in move by Θ(lr) per entry"
     name = layer.lower()
@@ -174,10 +191,11 @@ def coord_sentence(slopes: xr.Dataset) -> str:
         if r["verdict"].item() == "undetermined":
             text += f" ({r['reason'].item()})"
         groups[str(r["verdict"].item())].append(text)
+    along = slopes.attrs.get("dim", "width")
     names = {
-        "flat": "flat in width",
-        "grows": "growing with width",
-        "shrinks": "shrinking with width",
+        "flat": f"flat in {along}",
+        "grows": f"growing with {along}",
+        "shrinks": f"shrinking with {along}",
         "undetermined": "undetermined",
     }
     said = "; ".join(f"{names[g]}: {', '.join(v)}" for g, v in groups.items() if v)
@@ -185,7 +203,7 @@ def coord_sentence(slopes: xr.Dataset) -> str:
     param = slopes.attrs.get("parameterization", "")
     flat = slopes.attrs.get("flat", FLAT_SLOPE)
     return (
-        f"Log-log slope of coordinate size in width after {n} step{'s' if n != 1 else ''}"
+        f"Log-log slope of coordinate size in {along} after {n} step{'s' if n != 1 else ''}"
         f"{f' ({param})' if param else ''}: {said} (flat: the slope's 95 % seed interval "
         f"within ±{flat:g})."
     )

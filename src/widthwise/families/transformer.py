@@ -34,6 +34,7 @@ from torch import Tensor
 from widthwise.errors import UserError
 from widthwise.families.base import FAMILIES, Network
 from widthwise.parameterization import NetworkRules, ParamSpec, Role
+from widthwise.parameterization.base import BRANCH, BRANCH_OUT
 
 EPS = 1e-5
 FF_MULT = 4
@@ -179,27 +180,31 @@ def build_transformer(
     if options.positions == "learned":
         specs.append(ParamSpec("pos.weight", (seq_len, width), Role.INPUT, 1, tags=lookup))
 
-    def norm(name: str) -> None:
-        specs.append(ParamSpec(f"{name}.weight", (width,), Role.VECTOR, init="ones"))
-        specs.append(ParamSpec(f"{name}.bias", (width,), Role.VECTOR, init="zeros"))
+    def norm(name: str, tags: frozenset[str] = frozenset()) -> None:
+        specs.append(ParamSpec(f"{name}.weight", (width,), Role.VECTOR, init="ones", tags=tags))
+        specs.append(ParamSpec(f"{name}.bias", (width,), Role.VECTOR, init="zeros", tags=tags))
 
     def linear(
         name: str, d_out: int, d_in: int, tags: frozenset[str] = frozenset(), bias: bool = True
     ) -> None:
         specs.append(ParamSpec(f"{name}.weight", (d_out, d_in), Role.HIDDEN, d_in, tags=tags))
-        if has_bias and bias:
-            specs.append(ParamSpec(f"{name}.bias", (d_out,), Role.VECTOR, init="zeros"))
+        if has_bias and bias:  # a branch's bias is part of the branch (depth-muP scales both)
+            b_tags = tags & {BRANCH, BRANCH_OUT}
+            specs.append(
+                ParamSpec(f"{name}.bias", (d_out,), Role.VECTOR, init="zeros", tags=b_tags)
+            )
 
     layers = tuple(f"b{i}" for i in range(1, depth + 1))
+    br = frozenset({BRANCH})  # inside a residual branch; BRANCH_OUT: its last map
     for b in layers:
-        norm(f"{b}.ln1")
-        linear(f"{b}.attn.query", width, width, frozenset({"query"}))
-        linear(f"{b}.attn.key", width, width, bias=False)  # q·b_k is the same for every key
-        linear(f"{b}.attn.value", width, width)
-        linear(f"{b}.attn.proj", width, width)
-        norm(f"{b}.ln2")
-        linear(f"{b}.ff1", d_ff, width)
-        linear(f"{b}.ff2", width, d_ff)
+        norm(f"{b}.ln1", br)
+        linear(f"{b}.attn.query", width, width, frozenset({"query", BRANCH}))
+        linear(f"{b}.attn.key", width, width, br, bias=False)  # q·b_k: the same for every key
+        linear(f"{b}.attn.value", width, width, br)
+        linear(f"{b}.attn.proj", width, width, frozenset({BRANCH, BRANCH_OUT}))
+        norm(f"{b}.ln2", br)
+        linear(f"{b}.ff1", d_ff, width, br)
+        linear(f"{b}.ff2", width, d_ff, frozenset({BRANCH, BRANCH_OUT}))
     norm("ln_f")
     specs.append(ParamSpec("out.weight", (vocab, width), Role.OUTPUT, width))
     specs.append(ParamSpec("out.bias", (vocab,), Role.FIXED, init="zeros"))

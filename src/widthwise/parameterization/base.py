@@ -17,6 +17,7 @@ Each parameterization is one :class:`Parameterization` registered in
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -104,6 +105,10 @@ class RuleContext:
     optimizer: Literal["sgd", "adam"]
     sigma: float = 1.0
     options: Any = None
+    depth: int | None = None
+    """Residual blocks of the network under depth-muP (``depth_mup``), else None."""
+    base_depth: int | None = None
+    """The depth at which depth-muP equals the plain parameterization."""
 
     @property
     def m(self) -> float:
@@ -159,11 +164,39 @@ def with_options(name: str, ctx: RuleContext) -> RuleContext:
     return dataclasses.replace(ctx, options=PARAMETERIZATIONS.validate_options(name, given))
 
 
+BRANCH_OUT = "branch_out"
+"""Tag of a residual branch's last linear map (weight and bias): depth-muP multiplies it."""
+BRANCH = "branch"
+"""Tag of every tensor inside a residual branch (the branch's norms and linear maps)."""
+
+
 def rules_for(name: str, params: list[ParamSpec], ctx: RuleContext) -> dict[str, ParamRule]:
-    """The rule of every parameter of a model under parameterization ``name``."""
+    """The rule of every parameter of a model under parameterization ``name``.
+
+    With ``ctx.depth`` and ``ctx.base_depth`` set (``depth_mup``), every tensor tagged
+    :data:`BRANCH_OUT` gets depth-muP's branch scaling (Yang, Yu, Zhu, Hayou 2023,
+    Tensor Programs VI; Bordelon, Noci, Li, Hanin, Pehlevan 2023): forward multiplier
+    × √(base_depth / depth), each residual branch scaled by 1/√L relative to the base
+    depth; with Adam-type optimizers every tensor tagged :data:`BRANCH` (all of a
+    branch's tensors: Adam's update size does not see the multiplier, and a branch of
+    two layers changes its output through both) gets lr scale × √(base_depth / depth).
+    With SGD the multiplier already scales each update's effect by 1/L per block. At
+    depth = base_depth every factor is exactly 1: the plain parameterization.
+    """
     fn = PARAMETERIZATIONS.get(name)
     ctx = with_options(name, ctx)
-    return {p.name: fn(p, ctx) for p in params}
+    rules = {p.name: fn(p, ctx) for p in params}
+    if ctx.depth is None or ctx.base_depth is None or ctx.depth == ctx.base_depth:
+        return rules
+    f = math.sqrt(ctx.base_depth / ctx.depth)
+    for p in params:
+        r = rules[p.name]
+        mult = r.multiplier * f if BRANCH_OUT in p.tags else r.multiplier
+        adam = ctx.optimizer == "adam" and (BRANCH in p.tags or BRANCH_OUT in p.tags)
+        lr = r.lr_scale * f if adam else r.lr_scale
+        if (mult, lr) != (r.multiplier, r.lr_scale):
+            rules[p.name] = dataclasses.replace(r, multiplier=mult, lr_scale=lr)
+    return rules
 
 
 def network_rules_for(name: str, ctx: RuleContext) -> NetworkRules:

@@ -412,7 +412,8 @@ def _coord_rows(checks: dict[str, xr.DataArray]) -> Figure:
     fig, axes = new_figure(len(means), len(steps), sharey="row")
     handles: dict[str, Any] = {}
     for row, (label, da) in zip(axes, means.items()):
-        w = da.width.values
+        along = "depth" if "depth" in da.dims else "width"
+        w = da[along].values
         for ax, s in zip(row, steps):
             for i, layer in enumerate(da.layer.values):
                 y = da.sel(step=s, layer=layer).values
@@ -428,7 +429,7 @@ def _coord_rows(checks: dict[str, xr.DataArray]) -> Figure:
             title = f"after {int(s)} step{'s' if s != 1 else ''}"
             style_axes(
                 ax,
-                xlabel="width",
+                xlabel=along,
                 ylabel=da.attrs.get("units", "mean |coordinate|") if s == steps[0] else "",
                 title=f"{label} — {title}" if label else title,
                 logx=True,
