@@ -223,7 +223,10 @@ def example_specs() -> list[tuple[str, Path]]:
 
     bundled = [(f"bundled:{name}", p) for name, p in bundled_specs().items()]
     paper = [(f"paper:{p.stem}", p) for p in sorted((ROOT / "examples" / "paper").glob("*.yaml"))]
-    return bundled + paper
+    transfer = [
+        (f"transfer:{p.stem}", p) for p in sorted((ROOT / "examples" / "transfer").glob("*.yaml"))
+    ]
+    return bundled + paper + transfer
 
 
 def _reduce_probe(options: dict[str, Any] | None) -> dict[str, Any]:

@@ -248,3 +248,24 @@ def test_lr_weighted_probes_of_a_member_equal_its_point_alone(tmp_path: Path) ->
         got = ds[var].sel(lr=0.2).values
         np.testing.assert_allclose(got, ref[var].values, rtol=1e-6, err_msg=var)
     assert not np.allclose(ds.entk_lr.sel(lr=0.05).values, ds.entk_lr.sel(lr=0.2).values)
+
+
+def test_tracker_series_per_point(tmp_path: Path) -> None:
+    """Trackers mirror a sweep as ``var/lr_<v>/seed_<s>`` and ``var/lr_<v>/mean``."""
+    from widthwise.trackers.base import Study
+
+    optimizer, _ = OPTIMIZERS["sgd"]
+    spec = _spec(tmp_path / "s", optimizer, sweep={"lr": [0.05, 0.2]})
+    spec["widths"] = [16]
+    assert main(["run", str(write_spec(tmp_path / "s.yaml", spec)), "--quiet"]) == 0
+    ds = widthwise.open_study(tmp_path / "s")
+    (ws,) = Study(tmp_path / "s").widths
+    names = {k for k in ws.series if k.startswith("train_loss/")}
+    assert names == {
+        f"train_loss/lr_{lr}/{m}" for lr in ("0.05", "0.2") for m in ("seed_0", "seed_1", "mean")
+    }
+    got = ws.series["train_loss/lr_0.2/seed_1"]
+    want = ds.train_loss.sel(width=16, lr=0.2, seed=1).values
+    np.testing.assert_allclose([got[t] for t in sorted(got)], want, rtol=1e-12)
+    mean = ws.series["train_loss/lr_0.05/mean"][3]
+    assert mean == pytest.approx(float(ds.train_loss.sel(width=16, lr=0.05, step=3).mean()))

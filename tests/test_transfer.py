@@ -185,3 +185,37 @@ def test_report_and_compare_show_transfer(sweep_studies: dict[str, Path], tmp_pa
     page = (cmp / "report.html").read_text()
     assert "Learning-rate transfer" in page and "the optimal lr moves by" in page
     assert (cmp / "figures" / "compare_transfer.png").exists()
+
+
+def test_collapsed_members_far_from_the_optimum_keep_the_interval() -> None:
+    """At a large lr every member may collapse to one constant-output loss (dead ReLUs:
+    the same batches give the same loss): no seed spread there, but the optimum is
+    decided elsewhere and keeps its interval (measured on examples/transfer)."""
+    base = losses({64: 0.02, 1024: 0.02})
+    collapsed = base.copy()
+    collapsed.loc[{"lr": GRID[-2:]}] = 9.0  # identical for every seed and width
+    opt = wa.optimal_lr(collapsed)
+    assert np.isfinite(opt["optimum_lo"]).all() and opt["seed_varies"].all()
+    ref = wa.optimal_lr(base)
+    np.testing.assert_allclose(opt["optimum"], ref["optimum"], rtol=1e-12)
+    v = wa.transfer_verdict(opt)
+    assert (v["verdict"] == "transfers").all(), v["reason"].values
+    # but no spread at the optimum itself is still no interval
+    flat = base.copy()
+    flat.loc[{"width": 64}] = base.sel(width=64).mean("seed")
+    assert np.isnan(float(wa.optimal_lr(flat)["optimum_lo"].sel(width=64)))
+
+
+def test_basin_spans_a_flat_valley() -> None:
+    x = np.log2(GRID)  # -8 … 0
+    curve = np.where((x >= -6) & (x <= -2), 0.5, 0.5 + 0.1 * np.minimum(abs(x + 6), abs(x + 2)))
+    rng = np.random.default_rng(1)
+    vals = curve[None, :, None] * (1 + 0.001 * rng.standard_normal((2, len(GRID), 4)))
+    da = xr.DataArray(
+        vals, dims=("width", "lr", "seed"),
+        coords={"width": [64, 1024], "lr": GRID, "seed": np.arange(4)},
+    )  # fmt: skip
+    opt = wa.optimal_lr(da)
+    np.testing.assert_allclose(opt["basin_lo"], 2.0**-6)
+    np.testing.assert_allclose(opt["basin_hi"], 2.0**-2)
+    assert "at lr 0.0156–0.25 at width 64" in wa.transfer_sentence(wa.transfer_verdict(opt))

@@ -64,6 +64,11 @@ TOL_FACTOR = 2.0
 one step of a ×2 learning-rate grid (the resolution Yang et al. 2022 sweep at, log₂ lr
 steps in Fig. 1 and 3). Fixed before looking at any result."""
 
+BASIN = 0.05
+"""The basin of an optimum: the contiguous grid points around the argmin whose seed-mean
+loss is within 5 % of the minimum (reported beside the verdict: a wide basin means the
+optimum sits in a flat valley, where which grid point wins says little)."""
+
 VERDICTS = ("transfers", "does not transfer", "undetermined")
 RULE = (
     "transfers if the factor's interval lies within [1/tol, tol]; does not transfer if it "
@@ -232,6 +237,21 @@ def _vertex(y: np.ndarray, g: np.ndarray):
     return x, ymin, i, np.where(valid, edge, 0), near_div, valid
 
 
+def _basin(y: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """(lo, hi) grid values of the basin of y (L,) (see :data:`BASIN`); NaN if none."""
+    yy = np.where(np.isfinite(y), y, np.inf)
+    if not np.isfinite(yy).any():
+        return np.array([np.nan, np.nan])
+    i = int(np.argmin(yy))
+    limit = yy[i] + BASIN * abs(yy[i])
+    lo = hi = i
+    while lo > 0 and yy[lo - 1] <= limit:
+        lo -= 1
+    while hi < len(yy) - 1 and yy[hi + 1] <= limit:
+        hi += 1
+    return np.array([g[lo], g[hi]])
+
+
 def _cells(x: xr.DataArray, seed_dim: str, all_div: xr.DataArray) -> xr.DataArray:
     """Seed-mean loss per grid point from (…, seed, _PART) members: +inf where any member
     diverged (or every member diverged in the data), NaN where no member is present."""
@@ -320,9 +340,19 @@ def optimal_lr(
     indep = (width_dim,) if width_dim in loss.dims else ()
 
     reps: list[xr.DataArray] = []
+    # A grid point whose members are all identical (every one collapsed to the same
+    # constant-output loss, e.g. dead ReLUs at a large lr) has no seed spread: the
+    # bootstrap leaves it out of every resample, but any resample of it has that mean.
+    members = values.where(~div)
+    spread = (members.max(seed_dim) > members.min(seed_dim)) | all_div
+    full = _cells(x, seed_dim, all_div)
+    const = full.where(~spread & np.isfinite(full))
 
     def statistic(a: xr.DataArray) -> xr.DataArray:
-        pos = _position(_cells(a, seed_dim, all_div), dim, g)
+        cells = _cells(a, seed_dim, all_div)
+        if REPLICATE in a.dims:
+            cells = cells.fillna(const)
+        pos = _position(cells, dim, g)
         if REPLICATE in a.dims:
             reps.append(pos)
         return pos
@@ -350,6 +380,28 @@ def optimal_lr(
         output_core_dims=[[], [], [], []],
     )
     ymin, index, edge, near_div = parts
+    # Seed spread is needed where the optimum is decided (the grid minimum and its two
+    # neighbours), not at far-off points where every member collapsed to the same
+    # constant-output loss (dead ReLUs at a large lr) or diverged.
+    k = xr.DataArray(np.arange(len(grid)), dims=dim, coords={dim: loss[dim]})
+    bracket = np.abs(k - index) <= 1
+    varies = spread.where(bracket, True).all(dim) & np.isfinite(interval["estimate"])
+    if reps:
+        interval = percentile_interval(
+            interval["estimate"],
+            xr.concat(reps, REPLICATE),
+            interval["n_seeds"],
+            varies,
+            level=level,
+            method=method,
+        )
+    basin = xr.apply_ufunc(
+        lambda y: _basin(y, grid),
+        cells,
+        input_core_dims=[[dim]],
+        output_core_dims=[["_end"]],
+        vectorize=True,
+    )
     back = np.exp if scale == "log" else (lambda v: v)
     pos = interval["estimate"]
     out = xr.Dataset(
@@ -371,8 +423,12 @@ def optimal_lr(
             "loss_mean": cells,
             "n_diverged": (div & present).sum(seed_dim),
             "n_members": present.sum(seed_dim),
+            "basin_lo": basin.isel(_end=0, drop=True),
+            "basin_hi": basin.isel(_end=1, drop=True),
             "position": pos,
-            "position_replicates": xr.concat(reps, REPLICATE),
+            "position_replicates": xr.concat(reps, REPLICATE)
+            if reps
+            else pos.expand_dims({REPLICATE: 0}),
         }
     )
     for name in ("optimum", "optimum_lo", "optimum_hi", "grid_optimum"):
@@ -507,6 +563,12 @@ def transfer_verdict(
                     "n_seeds": n,
                     "optimum_from": np.exp(pa["position"]) if log else pa["position"],
                     "optimum_to": np.exp(pb["position"]) if log else pb["position"],
+                    **{
+                        f"basin_{end}_{side}": p[f"basin_{side}"]
+                        for end, p in (("from", pa), ("to", pb))
+                        for side in ("lo", "hi")
+                        if f"basin_{side}" in p
+                    },
                 }
             )
             .expand_dims(pair=[f"{_label(a)}-{_label(b)}"])
@@ -569,9 +631,22 @@ def _clause(r: xr.Dataset, dim: str, a: str, b: str, tol: float) -> str:
         f"the optimal {dim} moves by {_num(f)}×{iv} from width {a} to {b} "
         f"({_num(float(r['optimum_from']))} → {_num(float(r['optimum_to']))})"
     )
+    basins = ""
+    if all(f"basin_{e}_{x}" in r for e in ("from", "to") for x in ("lo", "hi")):
+        fl, fh, tl, th = (float(r[f"basin_{e}_{x}"]) for e in ("from", "to") for x in ("lo", "hi"))
+        if all(np.isfinite(v) for v in (fl, fh, tl, th)):
+            overlap = " (they overlap)" if max(fl, tl) <= min(fh, th) else ""
+
+            def span(lo: float, hi: float) -> str:
+                return _num(lo) if lo == hi else f"{_num(lo)}–{_num(hi)}"
+
+            basins = (
+                f"; loss within {BASIN:.0%} of its minimum at {dim} {span(fl, fh)} "
+                f"at width {a}, {span(tl, th)} at {b}{overlap}"
+            )
     if word == "undetermined":
-        return f"{moves}: undetermined ({why}; {tol_s})"
-    return f"{moves}: {word} ({tol_s})"
+        return f"{moves}: undetermined ({why}; {tol_s}){basins}"
+    return f"{moves}: {word} ({tol_s}){basins}"
 
 
 # -- the tuned point the other report sections show ------------------------------------------
