@@ -31,7 +31,7 @@ import yaml
 from widthwise import user_cache
 from widthwise.errors import StoreError
 from widthwise.summary import FINAL_WINDOW, WidthState, fmt_mean_std
-from widthwise.sweep import member_label, sweep_points
+from widthwise.sweep import describe_point_divergence, member_label, sweep_points
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -339,20 +339,6 @@ def _diverged_entry(view: StudyView, m: int, step: int) -> dict[str, Any]:
     }
 
 
-def _sweep_diverged(view: StudyView, diverged: dict[int, int]) -> str:
-    """``13/30 diverged: lr=0.25: 2/3 at steps 6–9, lr=0.5: 3/3 at step 4`` (per point)."""
-    n, parts = len(view.seed_ids), []
-    for i, point in enumerate(view.points):
-        steps = [t for m, t in diverged.items() if m // n == i]
-        if not steps:
-            continue
-        lo, hi = min(steps), max(steps)
-        when = f"step {lo}" if lo == hi else f"steps {lo}–{hi}"
-        label = " ".join(f"{k}={v:g}" for k, v in point.items())
-        parts.append(f"{label}: {len(steps)}/{n} at {when}")
-    return f"{len(diverged)}/{len(view.seeds)} diverged: {', '.join(parts)}"
-
-
 def show_data(path: str | Path) -> dict[str, Any]:
     """The study at ``path`` as one JSON-able mapping (``widthwise show --json``; the
     fields are documented in docs/cli.md)."""
@@ -486,7 +472,7 @@ def print_show(path: str | Path, console: Console, *, quiet: bool = False) -> No
         notes = [st.describe()] if st.state not in ("done", "not started") else []
         if st.diverged:
             notes.append(
-                _sweep_diverged(view, st.diverged)
+                describe_point_divergence(view.points, len(view.seed_ids), st.diverged)
                 if view.points
                 else st.describe_diverged(len(seeds))
             )

@@ -100,9 +100,31 @@ def sweep_points(sweep: Mapping[str, Sequence[float]]) -> list[dict[str, float]]
     return [dict(zip(keys, map(float, combo))) for combo in itertools.product(*sweep.values())]
 
 
+def point_label(point: Mapping[str, float]) -> str:
+    """``lr=0.1 sigma=2`` (empty without a sweep)."""
+    return " ".join(f"{k}={v:g}" for k, v in point.items())
+
+
 def member_label(point: Mapping[str, float], seed: int) -> str:
     """``lr=0.1 seed 2`` (``seed 2`` without a sweep)."""
-    return " ".join([*(f"{k}={v:g}" for k, v in point.items()), f"seed {seed}"])
+    return " ".join(filter(None, [point_label(point), f"seed {seed}"]))
+
+
+def describe_point_divergence(
+    points: Sequence[Mapping[str, float]], n_seeds: int, diverged: Mapping[int, int]
+) -> str:
+    """``13/30 diverged: lr=0.25: 2/3 at steps 6–9, lr=0.5: 3/3 at step 4``: the diverged
+    members (member id → step, point-major ids) grouped by sweep point; empty if none."""
+    parts = []
+    for i, point in enumerate(points):
+        steps = [t for m, t in diverged.items() if m // n_seeds == i]
+        if steps:
+            lo, hi = min(steps), max(steps)
+            when = f"step {lo}" if lo == hi else f"steps {lo}–{hi}"
+            parts.append(f"{point_label(point)}: {len(steps)}/{n_seeds} at {when}")
+    if not parts:
+        return ""
+    return f"{len(diverged)}/{len(points) * n_seeds} diverged: {', '.join(parts)}"
 
 
 @dataclass(frozen=True)

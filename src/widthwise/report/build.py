@@ -108,7 +108,7 @@ def _sweep_facts(
         at = next((i for i, (k, _) in enumerate(sec.facts) if k == "seeds"), len(sec.facts))
         div = f"; {n_div[0]} of {n_div[1]} members diverged" if n_div[0] else ""
         sec.facts.insert(at + 1, ("sweep", f"{text} (every value × every seed){div}"))
-        point = ", ".join(f"{k} = {v:.3g}" for k, v in ds.attrs.get("sweep_point", {}).items())
+        point = st.point_text(ds.attrs.get("sweep_point", {}))
         sec.facts = [  # the card's other facts are of the shown point: say so
             (f"{k} (at {point})" if k == "diverged members" and point else k, v)
             for k, v in sec.facts

@@ -136,7 +136,7 @@ def compare_sections(studies: dict[str, xr.Dataset], dirs: Sequence[Path]) -> li
             (
                 "sweep point shown",
                 "; ".join(
-                    f"{lab}: {_point_text(p)} (tuned at its widest width)"
+                    f"{lab}: {st.point_text(p)} (tuned at its widest width)"
                     if p
                     else f"{lab}: no sweep"
                     for lab, p in points.items()
@@ -268,10 +268,6 @@ def compare_sections(studies: dict[str, xr.Dataset], dirs: Sequence[Path]) -> li
         )
         sections.append(sec)
     return sections
-
-
-def _point_text(point: dict[str, float]) -> str:
-    return ", ".join(f"{k} = {v:.3g}" for k, v in point.items())
 
 
 def _transfer_section(full: dict[str, xr.Dataset], loss_name: str, widths: list) -> Section | None:

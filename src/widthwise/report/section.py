@@ -16,6 +16,8 @@ import pandas as pd
 import xarray as xr
 from matplotlib.figure import Figure
 
+from widthwise.sweep import describe_point_divergence
+
 TOL = 0.05
 """Tolerance of the consistency verdicts: relative successive difference ≤ 5 %."""
 
@@ -268,18 +270,12 @@ def _diverged_members(d: xr.DataArray) -> str:
         dead = [(int(s), int(t)) for s, t in zip(d.seed.values, d.values) if t >= 0]
         at = ", ".join(f"seed {s} at step {t}" for s, t in dead)
         return f"{len(dead)}/{d.sizes['seed']} diverged: {at}" if dead else ""
-    flat = d.transpose(*extra, "seed").stack(_point=extra)
-    total, parts = 0, []
-    for i in range(flat.sizes["_point"]):
-        p = flat.isel(_point=i)
-        t = p.values[p.values >= 0]
-        if not t.size:
-            continue
-        total += t.size
-        label = " ".join(f"{k}={float(p[k]):g}" for k in extra)
-        when = f"step {t.min()}" if t.min() == t.max() else f"steps {t.min()}–{t.max()}"
-        parts.append(f"{label}: {t.size}/{p.sizes['seed']} at {when}")
-    return f"{total}/{d.size} diverged: {', '.join(parts)}" if total else ""
+    flat = d.transpose(*extra, "seed").stack(_point=extra).transpose("_point", "seed")
+    points = [{k: float(flat[k].values[i]) for k in extra} for i in range(flat.sizes["_point"])]
+    steps = flat.values.ravel()  # point-major member ids, as the store's
+    return describe_point_divergence(
+        points, d.sizes["seed"], {m: int(t) for m, t in enumerate(steps) if t >= 0}
+    )
 
 
 def fmt_width(w: float) -> str:

@@ -36,7 +36,8 @@ def _num(x: float) -> str:
     return f"{x:.3g}" if np.isfinite(x) else "—"
 
 
-def _point_text(point: dict[str, float]) -> str:
+def point_text(point: dict[str, float]) -> str:
+    """``lr = 0.0625, sigma = 1`` (a sweep point, as the report names it)."""
     return ", ".join(f"{k} = {v:.3g}" for k, v in point.items())
 
 
@@ -50,11 +51,11 @@ def tuned_note(ds: xr.Dataset, point: dict[str, float] | None = None) -> str:
     var = "training" if "train_loss" in ds else "test"
     if not np.isfinite(w):
         return (
-            f"Other sections show {_point_text(point)}, the first sweep point: no point has a "
+            f"Other sections show {point_text(point)}, the first sweep point: no point has a "
             f"finite final {var} loss."
         )
     return (
-        f"Other sections show {_point_text(point)}, the optimum at width {fmt_width(w)} "
+        f"Other sections show {point_text(point)}, the optimum at width {fmt_width(w)} "
         f"(lowest final {var} loss, seed mean, on the grid; points where a member diverged "
         "excluded)."
     )
@@ -289,7 +290,7 @@ def transfer_section(
         tuned = tuned_point(ds)
         sec.notes.append(
             f"The sweep also varies {', '.join(others)}: shown at "
-            f"{_point_text({d: tuned[d] for d in others})}, the tuned point."
+            f"{point_text({d: tuned[d] for d in others})}, the tuned point."
         )
     note = tuned_note(ds)
     if note:
