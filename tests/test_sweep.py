@@ -269,3 +269,39 @@ def test_tracker_series_per_point(tmp_path: Path) -> None:
     np.testing.assert_allclose([got[t] for t in sorted(got)], want, rtol=1e-12)
     mean = ws.series["train_loss/lr_0.05/mean"][3]
     assert mean == pytest.approx(float(ds.train_loss.sel(width=16, lr=0.05, step=3).mean()))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"values": {"lr": [0.05]}, "seeds": [0, 1]},
+        {"values": "lr"},
+        {"values": {"lr": [0.05, 0.2]}},
+    ],
+    ids=["too-few-points", "not-a-mapping", "no-seeds"],
+)
+def test_damaged_sweep_entry_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: dict[str, Any]
+) -> None:
+    optimizer, _ = OPTIMIZERS["sgd"]
+    spec = _spec(tmp_path / "s", optimizer, sweep={"lr": [0.05, 0.2]})
+    spec["widths"] = [16]
+    assert main(["run", str(write_spec(tmp_path / "s.yaml", spec)), "--quiet"]) == 0
+    path = tmp_path / "s" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["sweep"] = damage
+    from widthwise.errors import StoreError
+    from widthwise.store.files import atomic_write_json
+
+    # a damaged byte is caught by the manifest's CRC; this entry is written as a
+    # well-formed manifest (a buggy or hostile writer), which the sweep check must catch
+    atomic_write_json(path, manifest, checksum=True)
+
+    with pytest.raises(StoreError, match="corrupt sweep entry"):
+        widthwise.open_study(tmp_path / "s")
+    capsys.readouterr()
+    for command in ("show", "report"):
+        code = main([command, str(tmp_path / "s")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and "sweep" in err[0], (command, err)
+    assert not (tmp_path / "s" / "report").exists()
