@@ -111,7 +111,9 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
         return 0
     console.print(
         f"[bold]{escape(spec.name)}[/]: {spec.model.family} × {spec.parameterization.name}, "
-        f"widths {spec.widths}, {_members(spec)}, {spec.steps} steps → "
+        f"widths {spec.widths}, "
+        + (f"depths {spec.depths}, " if spec.depths else "")
+        + f"{_members(spec)}, {spec.steps} steps → "
         f"{escape(str(spec.out_dir()))}"
         + (f" (executor {spec.executor.name})" if spec.executor.name != "local" else ""),
         soft_wrap=True,

@@ -135,17 +135,22 @@ def coord_check(
     )
 
 
-def _depth_layer(name: str, depth: int) -> str | None:
-    """Block taps named by position so depths compare: ``act/b1`` → ``act/first``,
-    ``act/b{depth}`` → ``act/last``; other blocks dropped; ``output`` kept."""
-    if name == "output":
-        return name
-    kind, _, block = name.partition("/")
-    if block == "b1":
-        return f"{kind}/first"
-    if block == f"b{depth}":
-        return f"{kind}/last"
-    return None
+def _depth_layers(names: list[str]) -> dict[str, str]:
+    """Block taps named by position so depths compare: the first residual block's taps
+    (``act/b1``, ``act/s1b1``) → ``act/first``, the last block's (``act/b{depth}``,
+    ``act/s4b{depth}``) → ``act/last``, ``output`` kept; other taps (other blocks, the
+    stem) dropped. Blocks are the tap names after ``kind/``, in order, but ``stem``."""
+    blocks = [n.partition("/")[2] for n in names if "/" in n]
+    blocks = [b for b in dict.fromkeys(blocks) if b != "stem"]
+    out = {n: n for n in names if n == "output"}
+    if blocks:
+        for n in names:
+            kind, _, block = n.partition("/")
+            if block == blocks[0]:
+                out[n] = f"{kind}/first"
+            elif block == blocks[-1]:
+                out[n] = f"{kind}/last"
+    return out
 
 
 def coord_check_depths(
@@ -178,8 +183,8 @@ def coord_check_depths(
         cc = coord_check(
             at, steps=steps, points=points, fixed_batch=fixed_batch, stat=stat, device=device
         )
-        names = {str(n): _depth_layer(str(n), d) for n in cc.layer.values}
-        keep = [n for n, new in names.items() if new is not None]
+        names = _depth_layers([str(n) for n in cc.layer.values])
+        keep = [str(n) for n in cc.layer.values if str(n) in names]
         cc = cc.sel(layer=keep, width=width, drop=True)
         rows.append(cc.assign_coords(layer=[names[n] for n in keep]).expand_dims(depth=[d]))
     out = xr.concat(rows, "depth", join="inner")

@@ -342,6 +342,10 @@ def _diverged_entry(view: StudyView, m: int, step: int) -> dict[str, Any]:
 def show_data(path: str | Path) -> dict[str, Any]:
     """The study at ``path`` as one JSON-able mapping (``widthwise show --json``; the
     fields are documented in docs/cli.md)."""
+    from widthwise.depth_study import is_depth_study, show_depth_data
+
+    if is_depth_study(path):
+        return show_depth_data(path)
     view = read_study(path)
     extra = derived(view) if view.started else {"horizon": "", "skipped_records": 0}
     widths = []
@@ -409,6 +413,11 @@ def print_show(path: str | Path, console: Console, *, quiet: bool = False) -> No
     from rich.measure import Measurement
     from rich.table import Table
 
+    from widthwise.depth_study import is_depth_study, print_depth_show
+
+    if is_depth_study(path):
+        print_depth_show(path, console, quiet=quiet)
+        return
     view = read_study(path)
     extra = derived(view) if view.started else {"horizon": "", "skipped_records": 0}
     if quiet:

@@ -41,6 +41,7 @@ HASHED_WHEN_SET: dict[str, Any] = {
     "deterministic": False,
     "sweep": {},
     "depth_mup": None,
+    "depths": None,
 }
 """Keys newer than format 1, hashed only when not at these defaults (older hashes hold)."""
 
@@ -59,6 +60,8 @@ MAX_STEPS = 10**8
 MAX_BATCH = 2**20
 MAX_PROBE_POINTS = 10**6
 MAX_WIDTHS = 256
+MAX_DEPTHS = 16
+"""Most depths a study lists (each is a whole width study)."""
 MAX_INT = 2**63 - 1
 """No integer anywhere in a spec (plug-in options too) may exceed int64."""
 MAX_PATH_BYTES = 4096
@@ -88,8 +91,9 @@ hash, stays as it was); like any other key they are validated by the options mod
 the named parameterization."""
 
 
-DEPTH_MUP_FAMILIES = ("transformer",)
-"""Families with residual branches tagged for depth-muP and a ``depth`` option."""
+DEPTH_MUP_FAMILIES = ("transformer", "resnet18_ln")
+"""Families with residual branches tagged for depth-muP and a ``depth`` option
+(``resnet18_ln``: blocks per stage; depth-muP's L counts the blocks of all stages)."""
 
 
 class DepthMupSpec(_Strict):
@@ -204,7 +208,12 @@ class StudySpec(_Strict):
     depth_mup: DepthMupSpec | None = Field(
         None,
         description="depth-muP: residual branches × √(base_depth/depth), Adam lr likewise "
-        "(transformer; docs/parameterizations.md)",
+        "(transformer, resnet18_ln; docs/parameterizations.md)",
+    )
+    depths: list[int] | None = Field(
+        None,
+        description="strictly increasing depths (each ≤ 1000, at most 16): one width study per "
+        "depth, analysed along depth as along width (transformer, resnet18_ln; docs/depth.md)",
     )
     sweep: dict[str, list[float]] = Field(
         default_factory=dict,
@@ -274,6 +283,21 @@ class StudySpec(_Strict):
             raise ValueError("must be strictly increasing without duplicates")
         return v
 
+    @field_validator("depths")
+    @classmethod
+    def _depths(cls, v: list[int] | None) -> list[int] | None:
+        if v is None:
+            return v
+        if len(v) < 2:
+            raise ValueError("list at least 2 depths (the deepest is the reference)")
+        if len(v) > MAX_DEPTHS:
+            raise ValueError(f"at most {MAX_DEPTHS} depths ({len(v)} given)")
+        if any(not 1 <= d <= 1000 for d in v):
+            raise ValueError("every depth must be an integer from 1 to 1000")
+        if any(b <= a for a, b in zip(v, v[1:])):
+            raise ValueError("must be strictly increasing without duplicates")
+        return v
+
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, v: int | list[int]) -> int | list[int]:
@@ -321,6 +345,17 @@ class StudySpec(_Strict):
         if self.checkpoint_every is None:
             self.checkpoint_every = max(self.steps // 4, 1)
         return self
+
+    def at_depth(self, depth: int) -> StudySpec:
+        """The width study of one of ``depths``: ``model.options.depth = depth``, no
+        ``depths``, in ``out_dir()/depth-<depth>`` (:mod:`widthwise.depth_study`)."""
+        from widthwise.depth_study import depth_dirname
+
+        model = self.model.model_copy(
+            update={"options": {**(self.model.options or {}), "depth": int(depth)}}
+        )
+        out = str(self.out_dir() / depth_dirname(depth))
+        return self.model_copy(update={"depths": None, "model": model, "out": out})
 
     @property
     def seed_list(self) -> list[int]:
@@ -641,6 +676,16 @@ def _registry_problems(spec: StudySpec) -> list[str]:
         problems.append(
             f"depth_mup: family {spec.model.family!r} has no residual branches with a depth "
             f"option; allowed: {', '.join(DEPTH_MUP_FAMILIES)}"
+        )
+    if spec.depths is not None and spec.model.family not in DEPTH_MUP_FAMILIES:
+        problems.append(
+            f"depths: family {spec.model.family!r} has no residual blocks with a depth option; "
+            f"allowed: {', '.join(DEPTH_MUP_FAMILIES)}"
+        )
+    elif spec.depths is not None and "depth" in (spec.model.options or {}):
+        problems.append(
+            f"model.options.depth: {spec.model.options['depth']!r} is set beside depths: "
+            f"{spec.depths}; give the depths in one place (remove model.options.depth)"
         )
     if spec.base_width is not None and spec.base_width > spec.widths[-1]:
         problems.append(

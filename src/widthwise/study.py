@@ -219,19 +219,19 @@ def run(
     """
     from_spec = executor is None or isinstance(executor, str)  # else the caller's own mapping
     spec = _resolve_spec(spec, out, device, executor)
-    if not allow_code:  # a caller's own executor mapping: the spec's factory is still the spec's
-        refuse_code(spec, trusted_imports, keys=None if from_spec else ("model.options.factory",))
-    trust_factory(spec)  # checked above: a module family may import its factory
-    cls, options = executor_class(spec)
-    cls.preflight(options)
-    if cls.same_host:  # e.g. no GPU, or bf16 on one without it: before anything is written
-        check_device(spec)
-    stream = build_stream(spec)
-    problems = probe_problems(spec, stream)  # e.g. k > parameters: before anything is written
-    if problems:
-        raise SpecError(f"{spec.name}: " + "; ".join(problems))
-    if cls.same_host:  # parameters × seeds × (weights, grads, optimizer state) must fit here
-        check_resources(spec, stream, parallel=getattr(options, "workers", 1))
+    if spec.depths is not None:  # one width study per depth (widthwise.depth_study)
+        from widthwise.depth_study import run_depths
+
+        return run_depths(
+            spec,
+            progress=progress,
+            console=console,
+            allow_code=allow_code,
+            trusted_imports=trusted_imports,
+            estimate=estimate,
+            from_spec=from_spec,
+        )
+    cls, options, stream = preflight(spec, allow_code, trusted_imports, from_spec=from_spec)
     probe_set: tuple[np.ndarray, np.ndarray] = stream.probe_set(spec.data.probe_points)
     study = StudyDir(spec.out_dir())
     with study.writing():  # one `widthwise run` per study directory: a second is refused
@@ -271,6 +271,32 @@ def run(
         if failed:
             raise StoreError(f"widths {failed} did not finish; run the study again to resume them")
     return study.path
+
+
+def preflight(
+    spec: StudySpec,
+    allow_code: bool,
+    trusted_imports: Sequence[str],
+    *,
+    from_spec: bool = True,
+) -> tuple[type[WidthExecutor], Any, Any]:
+    """Every check :func:`run` makes before it writes anything: code the spec would run,
+    the executor, the device, the probes against the model, and whether the widest width
+    fits this machine. Returns the executor class, its options and the data stream."""
+    if not allow_code:  # a caller's own executor mapping: the spec's factory is still the spec's
+        refuse_code(spec, trusted_imports, keys=None if from_spec else ("model.options.factory",))
+    trust_factory(spec)  # checked above: a module family may import its factory
+    cls, options = executor_class(spec)
+    cls.preflight(options)
+    if cls.same_host:  # e.g. no GPU, or bf16 on one without it: before anything is written
+        check_device(spec)
+    stream = build_stream(spec)
+    problems = probe_problems(spec, stream)  # e.g. k > parameters: before anything is written
+    if problems:
+        raise SpecError(f"{spec.name}: " + "; ".join(problems))
+    if cls.same_host:  # parameters × seeds × (weights, grads, optimizer state) must fit here
+        check_resources(spec, stream, parallel=getattr(options, "workers", 1))
+    return cls, options, stream
 
 
 def width_jobs(
@@ -409,6 +435,13 @@ def dry_run(
     the job script that would be submitted.
     """
     spec = _resolve_spec(spec, out, device, executor)
+    if spec.depths is not None:  # one width study per depth
+        parts = [dry_run(spec.at_depth(d), trusted_imports=trusted_imports) for d in spec.depths]
+        head = (
+            f"depth study: {spec.name} → {spec.out_dir().absolute()}, depths {spec.depths} "
+            "(one width study each)"
+        )
+        return "\n".join([head, *(f"[depth {d}] {p}" for d, p in zip(spec.depths, parts))])
     study = StudyDir(spec.out_dir())
     if study.manifest_path.exists():
         manifest = study.read_manifest()

@@ -40,9 +40,15 @@ def rule_context(spec: StudySpec, width: int) -> RuleContext:
         optimizer=spec.optimizer.kind,
         sigma=p.sigma,
         options=p.options(),
-        depth=int(spec.family_options().depth) if spec.depth_mup else None,
+        depth=residual_blocks(spec.family_options()) if spec.depth_mup else None,
         base_depth=spec.depth_mup.base_depth if spec.depth_mup else None,
     )
+
+
+def residual_blocks(options: Any) -> int:
+    """L of depth-muP for a family's options: ``residual_blocks`` where the family says
+    (``resnet18_ln``: the blocks of all stages), else its ``depth``."""
+    return int(getattr(options, "residual_blocks", None) or options.depth)
 
 
 def build_optimizer(

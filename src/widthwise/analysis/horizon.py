@@ -180,8 +180,8 @@ def horizon_sentence(horizon: xr.Dataset, *, quantity: str = "loss curves") -> s
         raise AnalysisError("horizon_sentence needs the result of consistency_horizon().")
     tol = float(a["tolerance"])
     tol_s = f"{100 * tol:g}%" if a.get("relative", 0) else f"{tol:g}"
-    if "reference_width" in a:
-        ref = f"the widest ({dim} {a['reference_width']})"
+    if "reference_width" in a:  # along depth (widthwise.depth_study): the deepest
+        ref = f"the {'deepest' if dim == 'depth' else 'widest'} ({dim} {a['reference_width']})"
     else:  # successive_gap: each width against the next wider one
         ref = f"the next wider {dim}" if "successive" in str(a.get("quantity")) else "the widest"
     last, first = a["last_step"], a["first_step"]

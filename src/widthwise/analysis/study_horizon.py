@@ -70,20 +70,21 @@ def _finite_any(da: xr.DataArray) -> bool:
 
 
 def _verdicts(
-    ds: xr.Dataset, tol: float, wanted: set[str], kw
+    ds: xr.Dataset, tol: float, wanted: set[str], kw, dim: str = "width"
 ) -> list[tuple[str, str, xr.Dataset]]:
     """(label, sentence phrase, verdict Dataset) of every wanted quantity the study has."""
     out = []
     for label, var in (("train loss", "train_loss"), ("test loss", "test_loss")):
         if label in wanted and var in ds and _finite_any(ds[var]):
-            out.append((label, _PHRASE[label], loss_gap_to_widest(ds[var], tol=tol, **kw)))
+            v = loss_gap_to_widest(ds[var], tol=tol, dim=dim, **kw)
+            out.append((label, _PHRASE[label], v))
     if "ensemble test logits" in wanted and "test_logits" in ds and _finite_any(ds.test_logits):
         logits = ds.test_logits
-        over = [d for d in logits.dims if d not in ("width", "seed", "test_step")]
-        v = logit_distance_to_widest(logits, tol=tol, over=over, **kw)
+        over = [d for d in logits.dims if d not in (dim, "seed", "test_step")]
+        v = logit_distance_to_widest(logits, tol=tol, over=over, dim=dim, **kw)
         out.append(("ensemble test logits", _PHRASE["ensemble test logits"], v))
     if "feature kernels" in wanted and "feature_kernel" in ds and _finite_any(ds.feature_kernel):
-        v = kernel_distance_to_widest(ds.feature_kernel, tol=tol, **kw)
+        v = kernel_distance_to_widest(ds.feature_kernel, tol=tol, dim=dim, **kw)
         layers = v["kernels_layer"].values if "kernels_layer" in v.coords else None
         for i in range(v.sizes.get("kernels_layer", 0)):
             name = str(layers[i]) if layers is not None else str(i + 1)
@@ -106,13 +107,17 @@ def study_horizons(
     quantities: Iterable[str] = QUANTITIES,
     n_boot: int = 1000,
     seed: int = 0,
+    dim: str = "width",
 ) -> xr.Dataset:
     """t*(n) with its interval, and the dual, for every quantity the study recorded.
 
     ``ds``: a study's Dataset (at least 2 widths). ``tol``: tolerance of the verdicts
     (relative: 0.05 = 5 %). ``start``: first step judged (module docstring).
     ``quantities``: a subset of :data:`QUANTITIES`. ``n_boot``, ``seed``: the
-    seed bootstrap of ``verdict.py`` (the same draws at every step).
+    seed bootstrap of ``verdict.py`` (the same draws at every step). ``dim``: the axis
+    compared, ``width`` (the widest is the reference) or ``depth`` (a depth study at one
+    width, :mod:`widthwise.depth_study`: the deepest is the reference; read "width" below
+    as that dim).
 
     Returns a Dataset with dims ``quantity``, ``width`` (every width but the widest,
     the reference) and ``step`` (the union of the quantities' steps ≥ ``start``):
@@ -139,22 +144,26 @@ def study_horizons(
         raise AnalysisError(
             f"Unknown quantities {sorted(unknown)}; allowed: {', '.join(QUANTITIES)}."
         )
-    if not isinstance(ds, xr.Dataset) or "width" not in ds.dims:
-        raise AnalysisError("The 'ds' parameter must be a study's Dataset (widthwise.open_study).")
-    if ds.sizes["width"] < 2:
+    if not isinstance(ds, xr.Dataset) or dim not in ds.dims:
         raise AnalysisError(
-            "A consistency horizon needs at least 2 widths (the widest is the reference)."
+            f"The 'ds' parameter must be a study's Dataset (widthwise.open_study) with a "
+            f"{dim!r} dim."
+        )
+    if ds.sizes[dim] < 2:
+        raise AnalysisError(
+            f"A consistency horizon needs at least 2 entries along {dim!r} (the widest is "
+            "the reference)."
         )
     kw = {"n_boot": n_boot, "seed": seed}
     per, rule = [], ""
-    for label, phrase, v in _verdicts(ds, tol, wanted, kw):
+    for label, phrase, v in _verdicts(ds, tol, wanted, kw, dim):
         sd = _step_dim(v)
         v = v.sel({sd: v[sd] >= start})
         if v.sizes[sd] == 0:
             continue
         rule = v.attrs.get("rule", rule)
-        h = consistency_horizon(v, step_dim=sd, start=start)
-        dual = consistent_width(v, step_dim=sd).rename({sd: "step"})
+        h = consistency_horizon(v, dim=dim, step_dim=sd, start=start)
+        dual = consistent_width(v, dim=dim, step_dim=sd).rename({sd: "step"})
         one = h[list(_HORIZON_VARS)]
         one = one.assign(
             **{k: dual[k] for k in ("min_width", "min_width_lo", "min_width_estimate")},
@@ -215,7 +224,8 @@ def horizon_summary(ds: xr.Dataset, tol: float = TOL, *, start: int = START, **k
     Only the losses are read, so this is cheap (``widthwise show`` prints it).
     """
     q = loss_quantity(ds)
-    if q is None or "width" not in ds.dims or ds.sizes["width"] < 2:
+    dim = kw.get("dim", "width")
+    if q is None or dim not in ds.dims or ds.sizes[dim] < 2:
         return ""
     try:
         h = study_horizons(ds, tol, start=start, quantities=(q,), **kw)

@@ -579,6 +579,7 @@ def transfer_verdict(
         "tol_factor": float(tol_factor),
         "rule": RULE,
         "dim": opt.attrs.get("dim", "lr"),
+        "width_dim": width_dim,
         "level": opt.attrs.get("level", 0.95),
         "description": "factor by which the optimum moves from width_from to width_to",
     }
@@ -609,26 +610,27 @@ def transfer_sentence(v: xr.Dataset, pair: str | int = 0) -> str:
     dim, tol = v.attrs.get("dim", "lr"), v.attrs.get("tol_factor", TOL_FACTOR)
     a, b = _label(row["width_from"].item()), _label(row["width_to"].item())
     rest = [d for d in row["factor"].dims]
+    axis = v.attrs.get("width_dim", "width")  # "depth" along a depth study
     if not rest:
-        return _clause(row, dim, a, b, tol)
+        return _clause(row, dim, a, b, tol, axis)
     stacked = row.stack(_i=rest)
     parts = []
     for i in range(stacked.sizes["_i"]):
         r = stacked.isel(_i=i)
         at = ", ".join(f"{d}={plain(r[d].values):g}" for d in rest)
-        parts.append(f"at {at}: {_clause(r, dim, a, b, tol)}")
+        parts.append(f"at {at}: {_clause(r, dim, a, b, tol, axis)}")
     return "; ".join(parts)
 
 
-def _clause(r: xr.Dataset, dim: str, a: str, b: str, tol: float) -> str:
+def _clause(r: xr.Dataset, dim: str, a: str, b: str, tol: float, axis: str = "width") -> str:
     f, lo, hi = (float(r[k]) for k in ("factor", "factor_lo", "factor_hi"))
     word, why = str(r["verdict"].item()), str(r["reason"].item())
     tol_s = f"tolerance {tol:g}×"
     if not np.isfinite(f):
-        return f"the optimal {dim} from width {a} to {b} is not measured: undetermined ({why})"
+        return f"the optimal {dim} from {axis} {a} to {b} is not measured: undetermined ({why})"
     iv = f" [{_num(lo)}, {_num(hi)}]" if np.isfinite(lo) and np.isfinite(hi) else " [no interval]"
     moves = (
-        f"the optimal {dim} moves by {_num(f)}×{iv} from width {a} to {b} "
+        f"the optimal {dim} moves by {_num(f)}×{iv} from {axis} {a} to {b} "
         f"({_num(float(r['optimum_from']))} → {_num(float(r['optimum_to']))})"
     )
     basins = ""
@@ -642,7 +644,7 @@ def _clause(r: xr.Dataset, dim: str, a: str, b: str, tol: float) -> str:
 
             basins = (
                 f"; loss within {BASIN:.0%} of its minimum at {dim} {span(fl, fh)} "
-                f"at width {a}, {span(tl, th)} at {b}{overlap}"
+                f"at {axis} {a}, {span(tl, th)} at {b}{overlap}"
             )
     if word == "undetermined":
         return f"{moves}: undetermined ({why}; {tol_s}){basins}"

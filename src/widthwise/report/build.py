@@ -296,6 +296,10 @@ def build_report(
     Raises :class:`~widthwise.errors.StoreError` for a directory that is not a study.
     """
     study_dir = Path(study_dir)
+    from widthwise.depth_study import is_depth_study
+
+    if is_depth_study(study_dir):
+        return build_depth_report(study_dir, out_dir, coord_check=coord_check, tol=tol)
     ds = open_study(study_dir)
     out = Path(out_dir) if out_dir is not None else study_dir / "report"
     coord, note = _coord_check(ds, study_dir, coord_check)
@@ -319,3 +323,46 @@ def build_report(
 
         mirror_figures(study_dir, out)
     return page
+
+
+def build_depth_report(
+    study_dir: Path,
+    out_dir: str | Path | None = None,
+    *,
+    coord_check: bool | None = False,
+    tol: float = TOL,
+) -> Path:
+    """A depth study's report: every started depth's own report in
+    ``depth-<d>/report/`` (:func:`build_report`), and ``report.html`` in ``out_dir``
+    (default ``study_dir/report``) with the along-depth section
+    (:mod:`widthwise.report.sections_depth`); returns that page."""
+    from widthwise.depth_study import depth_dirname, open_depth_study, started_depths
+    from widthwise.report.sections_depth import depth_section
+
+    for d in started_depths(study_dir):
+        build_report(study_dir / depth_dirname(d), coord_check=coord_check, tol=tol)
+    ds = open_depth_study(study_dir)
+    section = depth_section(ds)
+    spec = spec_of(ds)
+    depths = ", ".join(str(int(d)) for d in ds["depth"].values)
+    subtitle = (
+        f"{spec.get('model', {}).get('family', '?')} × {ds.attrs.get('parameterization', '?')}, "
+        f"depths {depths}, widths {', '.join(str(int(w)) for w in ds.width.values)}, "
+        f"{ds.sizes['seed']} seeds, {spec.get('steps', '?')} steps — {study_dir}"
+    )
+    missing = [d for d in ds.attrs["planned_depths"] if d not in ds.attrs["depths"]]
+    notes = [f"depths {missing} not started: `widthwise run` the spec runs them"] if missing else []
+    for d in ds["depth"].values.tolist():
+        one = study_banner(ds.sel(depth=d))
+        if one is not None:
+            notes.append(f"depth {d}: {one.headline} (its report says which widths)")
+    banner = (
+        Banner(headline="This depth study is partial", widths=[], notes=notes) if notes else None
+    )
+    return write_report(
+        [section] if section is not None else [],
+        Path(out_dir) if out_dir is not None else study_dir / "report",
+        title=f"widthwise report: {ds.attrs.get('name', '?')} (along depth)",
+        subtitle=subtitle,
+        banner=banner,
+    )

@@ -39,6 +39,11 @@ STUDY = declare(
         (
             Dim("width", "the study's widths (those with results)", "widths"),
             Dim("seed", "seed ids (`seeds: 4` → 0, 1, 2, 3)", "seed ids"),
+            Dim(
+                "depth",
+                "a depth study's depths (`depths: [...]`, docs/depth.md): one width study each",
+                "depths",
+            ),
             *(
                 Dim(key, f"a sweep's {key} (`sweep: {{{key}: [...]}}`, docs/sweeps.md)", "values")
                 for key in SWEEP_KEYS
@@ -156,6 +161,9 @@ def _width_dataset(records: WidthRecords, seeds: list[int]) -> xr.Dataset:
 def open_study(path: str | PathLike[str]) -> xr.Dataset:
     """Load a study directory as one Dataset with dims (width, seed, step, point, output, ...).
 
+    A depth study (``depths: [...]``) gets a leading ``depth`` dim
+    (:func:`widthwise.depth_study.open_depth_study`).
+
     Each probe has its own step coordinate (``step`` for ``train_loss``, ``test_step``
     for ``test``, ...); widths that have not reached a step hold NaN there. Torn
     scalar lines, partial array files, records failing their checksum and files of
@@ -175,6 +183,10 @@ def open_study(path: str | PathLike[str]) -> xr.Dataset:
     (docs/dataset.md); dims of stores written under earlier names are read under the
     current ones.
     """
+    from widthwise.depth_study import is_depth_study, open_depth_study
+
+    if is_depth_study(path):  # depths: [...] — one width study per depth, stacked
+        return open_depth_study(path)
     study = StudyDir(Path(path))
     if not study.path.is_dir():
         raise StoreError(f"{study.path}: not a widthwise study (not a directory)")
