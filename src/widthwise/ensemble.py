@@ -26,7 +26,6 @@ command line and the worker processes widthwise starts switch it on).
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -37,7 +36,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from widthwise.families.base import Network
-from widthwise.families.module_dropout import member_index, training_forward
 from widthwise.losses import LossName
 from widthwise.parameterization import ParamRule
 from widthwise.torch_compat import torch_function_mode_active
@@ -181,7 +179,7 @@ class Ensemble:
             self.strategy = "loop"
         self.center = center
         self.params0: dict[str, Tensor] | None = None
-        self._vmapped = torch.func.vmap(self._apply_member, in_dims=(0, None, None, 0))
+        self._vmapped = torch.func.vmap(self._apply_member, in_dims=(0, None, None))
 
     @property
     def size(self) -> int:
@@ -210,10 +208,8 @@ class Ensemble:
             out[k] = w if mult == 1.0 else w * mult
         return out
 
-    def _apply_member(self, raw: dict[str, Tensor], x: Tensor, taps: bool, member: Any = None):
-        # member: its index (an int, or vmap's batched index) for a module family's dropout
-        with member_index(member):
-            return self.network.apply(self.effective(raw), x, taps)
+    def _apply_member(self, raw: dict[str, Tensor], x: Tensor, taps: bool):
+        return self.network.apply(self.effective(raw), x, taps)
 
     def _forward(self, params: dict[str, Tensor], x: Tensor, taps: bool):
         if self.strategy == "vmap":
@@ -221,12 +217,11 @@ class Ensemble:
             # the family must see per-member tensors, as torch.func.vmap shows them.
             if self.network.stackable and not torch_function_mode_active():
                 return self._stacked(params, x, taps)
-            index = torch.arange(self.size, device=x.device)
-            return self._vmapped(params, x, taps, index)
+            return self._vmapped(params, x, taps)
         names = list(params)
         outs, recs = [], []
-        for e, slices in enumerate(zip(*(params[k].unbind(0) for k in names))):
-            out, rec = self._apply_member(dict(zip(names, slices)), x, taps, e)
+        for slices in zip(*(params[k].unbind(0) for k in names)):
+            out, rec = self._apply_member(dict(zip(names, slices)), x, taps)
             outs.append(out)
             recs.append(rec)
         stacked = {k: torch.stack([r[k] for r in recs]) for k in (recs[0] if recs else {})}
@@ -237,18 +232,13 @@ class Ensemble:
         out, rec = self.network.apply(wrapped, x, taps)  # type: ignore[arg-type]
         return out, {k: v.contiguous() for k, v in rec.items()}
 
-    def forward(self, params: dict[str, Tensor], x: Tensor, step: int | None = None) -> Tensor:
-        """Logits (seed, batch, output); centered on the initial network under ``center``.
-
-        ``step``: a training forward pass at that step: a module family's dropout is on,
-        with each member's masks for the step (widthwise.families.module_dropout)."""
-        train = training_forward(step, self.seeds, self.network.width) if step is not None else None
-        with train or contextlib.nullcontext():
-            out, _ = self._forward(params, x, False)
-            if self.center and self.params0 is not None:
-                with torch.no_grad():
-                    out0, _ = self._forward(self.params0, x, False)
-                out = out - out0
+    def forward(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+        """Logits (seed, batch, output); centered on the initial network under ``center``."""
+        out, _ = self._forward(params, x, False)
+        if self.center and self.params0 is not None:
+            with torch.no_grad():
+                out0, _ = self._forward(self.params0, x, False)
+            out = out - out0
         return out
 
     def forward_taps(

@@ -58,7 +58,6 @@ from widthwise.families.module_apply import (
     example_input,
     logits_of,
 )
-from widthwise.families.module_dropout import DROPOUT_MODULES, FindRandomDropout
 from widthwise.families.module_roles import (
     _CONV,
     _CONV_T,
@@ -269,15 +268,11 @@ def _is_tap_default(mod: nn.Module) -> bool:
 
 def _check_supported(model: nn.Module, label: str) -> None:
     for name, mod in model.named_modules():
-        if (
-            isinstance(mod, nn.modules.dropout._DropoutNd)
-            and not isinstance(mod, DROPOUT_MODULES)
-            and mod.p > 0
-        ):
+        if isinstance(mod, nn.modules.dropout._DropoutNd) and mod.p > 0:
             raise UserError(
-                f"model.options.factory: {label!r} has {type(mod).__name__} ({name!r}, "
-                f"p={mod.p}); module families support nn.Dropout and nn.Dropout1d/2d/3d: "
-                "use one of them, or p=0"
+                f"model.options.factory: {label!r} has dropout ({name!r}, p={mod.p}); module "
+                "families do not support dropout yet (members would not be reproducible): "
+                "build it with p=0"
             )
         if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.track_running_stats:
             raise UserError(
@@ -398,9 +393,8 @@ def _check_forward(apply: ModuleApply, label: str, exponent: float) -> None:
     before = _SCALE_CALLS[0]
     counter = _CountAttention()
     saved = {k: b.clone() for k, b in apply.buffers.items()}
-    random_dropout = FindRandomDropout()
     try:
-        with torch.no_grad(), counter, random_dropout:
+        with torch.no_grad(), counter:
             out, _ = apply(own, x)
     except UserError:
         raise
@@ -410,12 +404,6 @@ def _check_forward(apply: ModuleApply, label: str, exponent: float) -> None:
             f"model.options.factory: {label!r}: the model's forward failed on a batch of "
             f"shape {tuple(x.shape)}: {type(err).__name__}: {msg}"
         ) from None
-    if random_dropout.found:
-        raise UserError(
-            f"model.options.factory: {label!r}: the forward calls {random_dropout.found}, "
-            "which draws from torch's global generator (members would not be reproducible): "
-            "use an nn.Dropout module (each member gets its own masks per step) or p=0"
-        )
     for k, b in saved.items():
         if not torch.equal(b, apply.buffers[k]):  # in-place state: members would share it
             apply.buffers[k].copy_(b)

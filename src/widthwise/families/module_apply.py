@@ -23,7 +23,6 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from widthwise.errors import UserError
-from widthwise.families.module_dropout import DROPOUT_MODULES, dropout_hook
 from widthwise.families.module_roles import InferredParam
 from widthwise.parameterization import ParamSpec, Role
 
@@ -143,10 +142,6 @@ class ModuleApply:
             modules[name].register_forward_hook(self._attn_hook(name))
         for name in tied_readouts:
             modules[name].register_forward_pre_hook(self._mult_hook(name))
-        for mod in model.modules():  # dropout: per-member masks (module_dropout), else off
-            if isinstance(mod, DROPOUT_MODULES):
-                mod.eval()
-                mod.register_forward_hook(dropout_hook(mod))
 
     # hooks: record only while a tapped forward runs
     def _tap_hook(self, name: str, channels_first: bool) -> Callable[..., None]:
