@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 SHARED_DIMS = (
     "width",
+    "depth",  # a depth study's depths (docs/depth.md), before width
     "seed",
     "step",
     "point",

@@ -151,7 +151,8 @@ def study_horizons(
         )
     if ds.sizes[dim] < 2:
         raise AnalysisError(
-            f"A consistency horizon needs at least 2 entries along {dim!r} (the widest is "
+            f"A consistency horizon needs at least 2 "
+            f"{'widths' if dim == 'width' else f'entries along {dim!r}'} (the widest is "
             "the reference)."
         )
     kw = {"n_boot": n_boot, "seed": seed}
