@@ -206,16 +206,27 @@ def open_depth_study(path: str | os.PathLike[str]) -> xr.Dataset:
 # -- analysis along depth --------------------------------------------------------------------
 
 
-def _losses_at_point(ds: xr.Dataset) -> tuple[xr.Dataset, str]:
-    """The loss variables, at the tuned sweep point if there is a sweep (and its words)."""
-    losses = ds[[v for v in ("train_loss", "test_loss") if v in ds]]
+def at_tuned_point(ds: xr.Dataset) -> tuple[xr.Dataset, str]:
+    """A depth study's Dataset at the sweep point tuned at the deepest depth
+    (:func:`widthwise.analysis.transfer.tuned_point`) and the words saying so
+    (" at the tuned point lr = 0.01"); unchanged and "" without a sweep."""
     if not ds.attrs.get("sweep"):
-        return losses, ""
+        return ds, ""
     from widthwise.analysis.transfer import select_point, tuned_point
 
     point = tuned_point(ds.isel(depth=-1))
     at = ", ".join(f"{k} = {v:g}" for k, v in point.items())
-    return select_point(losses, point), f" at the tuned point {at}"
+    return select_point(ds, point), f" at the tuned point {at}"
+
+
+def final_loss_along_depth(ds: xr.Dataset, width: int, var: str = "train_loss") -> xr.DataArray:
+    """Each member's final ``var`` at ``width`` (depth, [sweep dims], seed), as
+    :func:`widthwise.analysis.transfer.loss_at` takes it across widths: the last steps
+    every depth reached, and its ``diverged`` coordinate."""
+    from widthwise.analysis.transfer import loss_at
+
+    one = ds.sel(width=width, drop=True).rename(depth="width")  # "every width reached"
+    return loss_at(one, var).rename(width="depth")
 
 
 def depth_horizons(ds: xr.Dataset, tol: float | None = None) -> dict[int, str]:
@@ -227,7 +238,8 @@ def depth_horizons(ds: xr.Dataset, tol: float | None = None) -> dict[int, str]:
 
     if "depth" not in ds.dims or ds.sizes["depth"] < 2:
         return {}
-    losses, at = _losses_at_point(ds)
+    at_ds, at = at_tuned_point(ds)
+    losses = at_ds[[v for v in ("train_loss", "test_loss") if v in at_ds]]
     out = {}
     for w in ds["width"].values.tolist():
         one = losses.sel(width=w)
@@ -247,18 +259,15 @@ def depth_transfer(ds: xr.Dataset) -> dict[int, str]:
     the deepest depth (:func:`widthwise.analysis.transfer.transfer_verdict` with
     ``width_dim="depth"``, tolerance ×2)? Empty without an lr sweep or 2 depths."""
     from widthwise.analysis._checks import AnalysisError
-    from widthwise.analysis.transfer import loss_at, optimal_lr, transfer_sentence, transfer_verdict
+    from widthwise.analysis.transfer import optimal_lr, transfer_sentence, transfer_verdict
 
     if "lr" not in (ds.attrs.get("sweep") or {}) or ds.sizes.get("depth", 0) < 2:
         return {}
     out = {}
     for w in ds["width"].values.tolist():
-        one = ds.sel(width=w, drop=True).rename(
-            depth="width"
-        )  # loss_at's "every width reached" rule
         try:
-            loss = loss_at(one, "train_loss")
-            opt = optimal_lr(loss.rename(width="depth"), width_dim="depth")
+            loss = final_loss_along_depth(ds, w)
+            opt = optimal_lr(loss, width_dim="depth")
             v = transfer_verdict(opt, width_dim="depth", pairs=("ends",))
         except (AnalysisError, KeyError, ValueError):
             continue
@@ -297,14 +306,23 @@ def show_depth_data(path: str | os.PathLike[str]) -> dict[str, Any]:
         "depths": depths,
         "depth_horizon": {str(w): s for w, s in horizons.items()},
         "depth_transfer": {str(w): s for w, s in transfer.items()},
-        "summary": _final_line(info, depths),
+        "summary": _final_line(info, done),
         "done": done,
     }
 
 
-def _final_line(info: dict[str, Any], depths: list[dict[str, Any]]) -> str:
+def _depths_done(path: Path, present: list[int]) -> int:
+    """Depths whose every width is done (read from the files, as ``show`` reads them)."""
+    from widthwise.show import read_study
+
+    return sum(
+        all(st.state == "done" for st in read_study(path / depth_dirname(d)).states)
+        for d in present
+    )
+
+
+def _final_line(info: dict[str, Any], done: int) -> str:
     planned = info["depths"]
-    done = sum(d["done"] == len(d["widths"]) for d in depths)
     text = f"{info.get('name', '')}: {done} of {len(planned)} depths done"
     if done < len(planned):
         text += "; `widthwise run` resumes the rest"
@@ -318,14 +336,14 @@ def print_depth_show(
     study, then the along-depth horizon (and transfer) sentences."""
     from rich.markup import escape
 
-    from widthwise.show import print_show, show_data
+    from widthwise.show import print_show
 
     path = Path(path)
     info = read_depths(path)
     present = started_depths(path)
-    depths = [{"depth": d, **show_data(path / depth_dirname(d))} for d in present]
+    last = _final_line(info, _depths_done(path, present))
     if quiet:
-        console.print(escape(_final_line(info, depths)), soft_wrap=True, highlight=False)
+        console.print(escape(last), soft_wrap=True, highlight=False)
         return
     console.print(
         f"[bold]{escape(str(info.get('name', '')))}[/]: depth study, depths {info['depths']} "
@@ -342,4 +360,4 @@ def print_depth_show(
             "Along depth: nothing to compare yet (no width has data at every depth)."
         ]:
             console.print(escape(line), soft_wrap=True, highlight=False)
-    console.print(escape(_final_line(info, depths)), soft_wrap=True, highlight=False)
+    console.print(escape(last), soft_wrap=True, highlight=False)

@@ -17,8 +17,13 @@ import xarray as xr
 from matplotlib.figure import Figure
 
 from widthwise.analysis._checks import AnalysisError
-from widthwise.analysis.transfer import loss_at, select_point, tuned_point
-from widthwise.depth_study import depth_dirname, depth_horizons, depth_transfer
+from widthwise.depth_study import (
+    at_tuned_point,
+    depth_dirname,
+    depth_horizons,
+    depth_transfer,
+    final_loss_along_depth,
+)
 from widthwise.report.fig_curves import width_lines
 from widthwise.report.section import Panel, Section, loss_label, tidy
 from widthwise.report.style import (
@@ -31,23 +36,12 @@ from widthwise.report.style import (
 )
 
 
-def _at_point(ds: xr.Dataset) -> tuple[xr.Dataset, str]:
-    if not ds.attrs.get("sweep"):
-        return ds, ""
-    point = tuned_point(ds.isel(depth=-1))
-    at = ", ".join(f"{k} = {v:.3g}" for k, v in point.items())
-    return select_point(ds, point), f" (at the tuned point {at})"
-
-
 def final_loss_by_depth(ds: xr.Dataset) -> xr.DataArray:
     """Each member's final training loss (mean of its last 10 steps that every depth of
     its width reached), (width, depth, seed); NaN for a member that diverged."""
     parts = []
     for w in ds["width"].values.tolist():
-        one = ds.sel(width=w, drop=True).rename(
-            depth="width"
-        )  # loss_at's "every width reached" rule
-        loss = loss_at(one, "train_loss").rename(width="depth")
+        loss = final_loss_along_depth(ds, w)
         parts.append(loss.where(~loss.coords["diverged"]).drop_vars("diverged"))
     return xr.concat(parts, dim=ds["width"]).rename("final_train_loss")
 
@@ -100,7 +94,7 @@ def depth_section(ds: xr.Dataset) -> Section | None:
     None with fewer than 2 depths or no training loss."""
     if "depth" not in ds.dims or ds.sizes["depth"] < 2 or "train_loss" not in ds:
         return None
-    at_ds, at = _at_point(ds)
+    at_ds, at = at_tuned_point(ds)
     try:
         final = final_loss_by_depth(at_ds)
     except AnalysisError:
