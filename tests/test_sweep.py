@@ -29,6 +29,17 @@ OPTIMIZERS = {
     "sgd": ({"name": "sgd", "lr": 0.1, "momentum": 0.9}, {"lr": [0.05, 0.2], "sigma": [0.5, 1.0]}),
     "adam": ({"name": "adam", "lr": 0.01}, {"lr": [0.003, 0.01], "weight_decay": [0.0, 0.1]}),
     "adamw": ({"name": "adamw", "lr": 0.01}, {"lr": [0.003, 0.01], "weight_decay": [0.0, 0.1]}),
+    # the optimizer's state-shaping scalars: widthwise.member_optim steps them per member
+    "sgd-momentum": ({"name": "sgd", "lr": 0.1}, {"momentum": [0.0, 0.9], "lr": [0.05, 0.2]}),
+    "sgd-nesterov": (
+        {"name": "sgd", "lr": 0.1, "momentum": 0.5, "nesterov": True},
+        {"momentum": [0.5, 0.9], "weight_decay": [0.0, 0.01]},
+    ),
+    "adam-betas": ({"name": "adam", "lr": 0.01}, {"beta1": [0.8, 0.9], "beta2": [0.99, 0.999]}),
+    "adamw-eps": (
+        {"name": "adamw", "lr": 0.01, "weight_decay": 0.1},
+        {"eps": [1e-8, 1e-3], "lr": [0.003, 0.01]},
+    ),
 }
 
 
@@ -46,6 +57,10 @@ def _point_spec(spec: dict[str, Any], point: dict[str, float], out: Path) -> dic
     for k, v in point.items():
         if k == "sigma":
             one["parameterization"] = {**spec["parameterization"], "sigma": v}
+        elif k in ("beta1", "beta2"):
+            betas = list(one["optimizer"].get("betas", (0.9, 0.999)))
+            betas[k == "beta2"] = v
+            one["optimizer"]["betas"] = betas
         else:
             one["optimizer"][k] = v
     return one
@@ -92,7 +107,39 @@ def test_sweep_manifest_and_hash(tmp_path: Path) -> None:
     assert main(["run", str(tmp_path / "b.yaml"), "--quiet"]) == 0
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert manifest["seeds"] == [0, 1, 2, 3]  # member ids: point-major
-    assert manifest["sweep"] == {"values": {"lr": [0.05, 0.2]}, "seeds": [0, 1]}
+    assert manifest["sweep"] == {"keys": ["lr"], "values": {"lr": [0.05, 0.2]}, "seeds": [0, 1]}
+
+
+def test_sweep_key_order_is_the_points_order(tmp_path: Path) -> None:
+    """Members are point-major in the spec's key order, which sorted JSON (the manifest,
+    the hash) would lose: two orders hash apart, and a manifest without ``keys`` (written
+    before the list existed) is read in ``spec.yaml``'s order."""
+    from widthwise.spec import load_spec
+
+    optimizer, _ = OPTIMIZERS["sgd"]
+    sweep = {"sigma": [0.5, 1.0], "lr": [0.05, 0.2]}  # not alphabetical
+    spec = _spec(tmp_path / "s", optimizer, sweep=sweep)
+    spec["widths"] = [16]
+    flipped = {**spec, "sweep": {"lr": sweep["lr"], "sigma": sweep["sigma"]}}
+    h = load_spec(write_spec(tmp_path / "s.yaml", spec)).hash()
+    assert h != load_spec(write_spec(tmp_path / "f.yaml", flipped)).hash()
+    assert main(["run", str(tmp_path / "s.yaml"), "--quiet"]) == 0
+    ds = widthwise.open_study(tmp_path / "s")
+    assert list(ds.train_loss.dims) == ["width", "sigma", "lr", "seed", "step"]
+    one = _point_spec(spec, {"sigma": 0.5, "lr": 0.2}, tmp_path / "one")
+    assert main(["run", str(write_spec(tmp_path / "one.yaml", one)), "--quiet"]) == 0
+    ref = widthwise.open_study(tmp_path / "one").train_loss.values
+    got = ds.train_loss.sel(sigma=0.5, lr=0.2).values
+    np.testing.assert_allclose(got, ref, rtol=1e-11)
+    # a legacy manifest (no keys): spec.yaml gives the order, the same data
+    from widthwise.store.files import atomic_write_json, read_json
+
+    path = tmp_path / "s" / "manifest.json"
+    manifest = read_json(path)
+    del manifest["sweep"]["keys"]
+    atomic_write_json(path, manifest, checksum=True)
+    legacy = widthwise.open_study(tmp_path / "s")
+    np.testing.assert_array_equal(legacy.train_loss.sel(sigma=0.5, lr=0.2).values, got)
 
 
 def test_diverged_member_is_frozen_and_named(
@@ -172,7 +219,26 @@ def test_load_member_at_a_point(tmp_path: Path) -> None:
 
 
 BAD_SWEEPS = [
-    ({"sweep": {"momentum": [0.5, 0.9]}}, ("momentum", "cannot be swept", "allowed: lr")),
+    ({"sweep": {"betas": [0.5, 0.9]}}, ("betas", "cannot be swept", "beta1", "allowed: lr")),
+    ({"sweep": {"nesterov": [0, 1]}}, ("nesterov", "cannot be swept", "allowed: lr")),
+    (
+        {"optimizer": {"name": "adam", "lr": 0.01}, "sweep": {"momentum": [0.5, 0.9]}},
+        ("sweep.momentum", "'adam' has no momentum", "allowed with sgd"),
+    ),
+    (
+        {"optimizer": {"name": "sgd", "lr": 0.1}, "sweep": {"beta2": [0.99, 0.999]}},
+        ("sweep.beta2", "'sgd' has no beta2", "adam and adamw"),
+    ),
+    (
+        {
+            "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True},
+            "sweep": {"momentum": [0.0, 0.9]},
+        },
+        ("sweep.momentum", "nesterov", "momentum > 0"),
+    ),
+    ({"sweep": {"beta1": [0.9, 1.0]}}, ("beta1", "1.0", "< 1")),
+    ({"sweep": {"momentum": [-0.1, 0.9]}}, ("momentum", "-0.1", "≥ 0")),
+    ({"sweep": {"eps": [0.0, 1e-8]}}, ("eps", "0.0", "> 0")),
     ({"sweep": {"batch_size": [8]}}, ("unknown sweep key", "batch_size", "allowed: lr")),
     ({"sweep": {"lr": []}}, ("lr", "non-empty list")),
     ({"sweep": {"lr": [0.1, -1.0]}}, ("lr", "-1.0", "> 0")),
@@ -305,3 +371,31 @@ def test_damaged_sweep_entry_is_refused_in_one_line(
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and "sweep" in err[0], (command, err)
     assert not (tmp_path / "s" / "report").exists()
+
+
+def test_preconditioned_sharpness_of_a_beta_sweep_member_equals_its_point_alone(
+    tmp_path: Path,
+) -> None:
+    """Adam's preconditioner reads each member's own β₂ and ε (widthwise.member_optim)."""
+    probes = {
+        "train_loss": {"every": 1},
+        "sharpness": {"every": 4, "batch_points": 16, "plain": False, "tol": 1e-6},
+    }
+    probes["sharpness"]["preconditioned"] = True
+    optimizer = {"name": "adam", "lr": 0.01}
+    sweep = {"beta2": [0.9, 0.999], "eps": [1e-8, 1e-2]}
+    spec = _spec(tmp_path / "sweep", optimizer, sweep=sweep, probes=probes)
+    spec["widths"] = [16]
+    assert main(["run", str(write_spec(tmp_path / "sweep.yaml", spec)), "--quiet"]) == 0
+    ds = widthwise.open_study(tmp_path / "sweep")
+    point = {"beta2": 0.9, "eps": 1e-2}
+    one = _point_spec(spec, point, tmp_path / "one")
+    assert main(["run", str(write_spec(tmp_path / "one.yaml", one)), "--quiet"]) == 0
+    ref = widthwise.open_study(tmp_path / "one")
+    var = "sharpness_precond"
+    assert var in ds, list(ds.data_vars)
+    got = ds[var].sel(point).values
+    assert np.isfinite(got).any()
+    np.testing.assert_allclose(got, ref[var].values, rtol=1e-6, err_msg=var)
+    other = ds[var].sel(beta2=0.999, eps=1e-8).values
+    assert not np.allclose(got, other, equal_nan=True)

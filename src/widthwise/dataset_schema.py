@@ -36,6 +36,10 @@ SHARED_DIMS = (
     "lr",  # a sweep study's dims (widthwise.sweep.SWEEP_KEYS), just before seed
     "weight_decay",
     "sigma",
+    "momentum",
+    "beta1",
+    "beta2",
+    "eps",
 )
 """Dims without a probe prefix: the same meaning (and size) wherever they appear."""
 

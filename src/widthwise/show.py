@@ -31,7 +31,12 @@ import yaml
 from widthwise import user_cache
 from widthwise.errors import StoreError
 from widthwise.summary import FINAL_WINDOW, WidthState, fmt_mean_std
-from widthwise.sweep import describe_point_divergence, member_label, sweep_points
+from widthwise.sweep import (
+    describe_point_divergence,
+    member_label,
+    stored_sweep_values,
+    sweep_points,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -247,7 +252,7 @@ def _sweep_of(manifest: dict[str, Any], n_members: int) -> tuple[list[dict[str, 
     sweep = manifest.get("sweep")
     if not sweep:
         return [], []
-    values = sweep.get("values") if isinstance(sweep, dict) else None
+    values = stored_sweep_values(sweep)
     seeds = sweep.get("seeds") if isinstance(sweep, dict) else None
     try:
         points = sweep_points(values)  # type: ignore[arg-type]

@@ -218,7 +218,8 @@ class StudySpec(_Strict):
     sweep: dict[str, list[float]] = Field(
         default_factory=dict,
         description="hyperparameter grids trained as ensemble members: lr, weight_decay, "
-        "sigma -> a list of values (docs/sweeps.md)",
+        "sigma, momentum (sgd), beta1, beta2, eps (adam, adamw) -> a list of values "
+        "(docs/sweeps.md)",
     )
     schedule: LRSchedule = Field(default_factory=LRSchedule, description="learning-rate schedule")
     steps: int = Field(gt=0, le=MAX_STEPS, description="optimizer updates (≤ 10⁸)")
@@ -413,6 +414,11 @@ def hashed_part(dump: dict[str, Any]) -> dict[str, Any]:
     for key, default in HASHED_WHEN_SET.items():
         if key in payload and payload[key] == default:
             del payload[key]
+    sweep = payload.get("sweep")
+    if isinstance(sweep, dict) and list(sweep) != sorted(sweep):
+        # the hash's JSON sorts keys, but the members follow the spec's key order: two
+        # orders are two studies (sorted order hashes as before, so old studies match)
+        payload["sweep_order"] = list(sweep)
     return payload
 
 
@@ -724,11 +730,22 @@ def _registry_problems(spec: StudySpec) -> list[str]:
 
 def _sweep_problems(spec: StudySpec) -> list[str]:
     """What a valid ``sweep`` cannot do with the rest of the spec (docs/sweeps.md)."""
-    from widthwise.sweep import FORWARD_SIGMA
+    from widthwise.sweep import FORWARD_SIGMA, OPTIMIZER_SCALARS
 
     if not spec.sweep:
         return []
     problems = []
+    opt = spec.optimizer.name
+    for key, users in OPTIMIZER_SCALARS.items():
+        if key in spec.sweep and opt not in users:
+            problems.append(
+                f"sweep.{key}: optimizer {opt!r} has no {key}; allowed with {' and '.join(users)}"
+            )
+    if spec.optimizer.nesterov and 0 in spec.sweep.get("momentum", ()):
+        problems.append(
+            "sweep.momentum: 0 with optimizer.nesterov: true; Nesterov momentum needs "
+            "momentum > 0 (torch refuses it too)"
+        )
     n_points, n_seeds = len(spec.sweep_points), len(spec.seed_list)
     if n_points * n_seeds > MAX_SEEDS:
         problems.append(

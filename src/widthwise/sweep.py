@@ -21,9 +21,13 @@ How a member's own value enters the stacked computation, exactly in exact arithm
                   parameterization uses σ only there (sp, mup, umup); where σ is a forward
                   multiplier (ntp, mf) a sweep of it is refused.
 
-Optimizer scalars that shape the optimizer's state (``momentum``, ``betas``, ``eps``)
-and ``output_multiplier`` (a per-member forward multiplier) are not sweepable yet: one
-line says so.
+``momentum``      (sgd) and ``beta1``, ``beta2``, ``eps`` (adam, adamw): they shape the
+``beta1``...      optimizer's state, so the trainer uses widthwise's own SGD / Adam
+                  (:mod:`widthwise.member_optim`), torch's single-tensor algorithm with
+                  these scalars as (member,) tensors: each member's state is its own.
+
+``nesterov`` (a switch, not a scalar) and ``output_multiplier`` (a per-member forward
+multiplier) are not sweepable: one line says so.
 """
 
 from __future__ import annotations
@@ -40,20 +44,33 @@ if TYPE_CHECKING:  # widthwise show reads sweeps without torch
     import torch
     from torch import Tensor
 
-SWEEP_KEYS: dict[str, tuple[float, float, bool]] = {
-    "lr": (0.0, 1e3, False),
-    "weight_decay": (0.0, 1e3, True),
-    "sigma": (0.0, 1e3, False),
+SWEEP_KEYS: dict[str, tuple[float, float, bool, bool]] = {
+    "lr": (0.0, 1e3, False, True),
+    "weight_decay": (0.0, 1e3, True, True),
+    "sigma": (0.0, 1e3, False, True),
+    "momentum": (0.0, 1.0, True, False),
+    "beta1": (0.0, 1.0, True, False),
+    "beta2": (0.0, 1.0, True, False),
+    "eps": (0.0, 1.0, False, True),
 }
-"""Sweepable keys: (lower bound, upper bound, lower bound allowed) of their values —
-the bounds of ``optimizer.lr``, ``optimizer.weight_decay`` and ``parameterization.sigma``."""
+"""Sweepable keys: (lower bound, upper bound, lower bound allowed, upper bound allowed)
+of their values — the bounds of ``optimizer.lr``, ``optimizer.weight_decay``,
+``parameterization.sigma``, ``optimizer.momentum``, ``optimizer.betas`` and
+``optimizer.eps``."""
+
+OPTIMIZER_SCALARS: dict[str, tuple[str, ...]] = {
+    "momentum": ("sgd",),
+    "beta1": ("adam", "adamw"),
+    "beta2": ("adam", "adamw"),
+    "eps": ("adam", "adamw"),
+}
+"""Sweep keys that shape the optimizer's state, and the optimizers that have them
+(:mod:`widthwise.member_optim` steps them per member)."""
 
 NOT_SWEEPABLE = {
-    "momentum": "it shapes the optimizer's state (one optimizer per member would be needed)",
-    "betas": "they shape the optimizer's state (one optimizer per member would be needed)",
-    "eps": "it shapes the optimizer's state (one optimizer per member would be needed)",
-    "nesterov": "it shapes the optimizer's state (one optimizer per member would be needed)",
-    "output_multiplier": "a per-member forward multiplier is not supported yet",
+    "betas": "sweep its entries as beta1 and beta2",
+    "nesterov": "it is a switch, not a scalar (run a study per value)",
+    "output_multiplier": "a per-member forward multiplier is not supported",
 }
 MAX_SWEEP_VALUES = 64
 """Most values one sweep key may list."""
@@ -74,8 +91,8 @@ def sweep_problems(sweep: Mapping[str, object]) -> list[str]:
         if key not in SWEEP_KEYS:
             problems.append(f"unknown sweep key {key!r}; allowed: {', '.join(SWEEP_KEYS)}")
             continue
-        lo, hi, lo_ok = SWEEP_KEYS[key]
-        bound = f"{'≥' if lo_ok else '>'} {lo:g} and ≤ {hi:g}"
+        lo, hi, lo_ok, hi_ok = SWEEP_KEYS[key]
+        bound = f"{'≥' if lo_ok else '>'} {lo:g} and {'≤' if hi_ok else '<'} {hi:g}"
         if not isinstance(values, list) or not values:
             problems.append(f"{key}: {values!r}: must be a non-empty list of numbers {bound}")
             continue
@@ -84,7 +101,7 @@ def sweep_problems(sweep: Mapping[str, object]) -> list[str]:
             continue
         for v in values:
             number = isinstance(v, (int, float)) and not isinstance(v, bool)
-            if not number or not math.isfinite(v) or not (v >= lo if lo_ok else v > lo) or v > hi:
+            if not number or not math.isfinite(v) or not _within(v, SWEEP_KEYS[key]):
                 problems.append(f"{key}: {v!r}: each value must be a finite number {bound}")
                 break
         else:
@@ -93,11 +110,32 @@ def sweep_problems(sweep: Mapping[str, object]) -> list[str]:
     return problems
 
 
+def _within(v: float, bounds: tuple[float, float, bool, bool]) -> bool:
+    lo, hi, lo_ok, hi_ok = bounds
+    return (v >= lo if lo_ok else v > lo) and (v <= hi if hi_ok else v < hi)
+
+
 def sweep_points(sweep: Mapping[str, Sequence[float]]) -> list[dict[str, float]]:
     """Every point of the sweep, the Cartesian product of its lists in key order
     (``[{}]``, one point, without a sweep)."""
     keys = list(sweep)
     return [dict(zip(keys, map(float, combo))) for combo in itertools.product(*sweep.values())]
+
+
+def stored_sweep_values(entry: object, spec_sweep: object = None) -> object:
+    """A manifest's sweep values ({key: values}) in the order its points follow.
+
+    The manifest's JSON sorts mapping keys, so the order is the entry's ``keys`` list;
+    a manifest written before that list existed takes it from the study's spec
+    (``spec_sweep``: ``spec.yaml``'s ``sweep``, written in spec order) where given.
+    Returns the values as stored when neither fits (the caller checks them)."""
+    values = entry.get("values") if isinstance(entry, dict) else None
+    order = entry.get("keys") if isinstance(entry, dict) else None
+    if order is None and isinstance(spec_sweep, dict):
+        order = list(spec_sweep)
+    if isinstance(values, dict) and isinstance(order, list) and sorted(order) == sorted(values):
+        return {k: values[k] for k in order}
+    return values
 
 
 def point_label(point: Mapping[str, float]) -> str:
@@ -134,11 +172,14 @@ class MemberHyper:
 
     ``lr_factor[name]``: member's ``lr · lr_scale`` over the optimizer group's;
     ``weight_decay[name]``: member's ``weight_decay · wd_scale`` (applied by the trainer,
-    the group's own set to 0).
+    the group's own set to 0). ``optimizer_scalars[key]``: each member's value of a swept
+    :data:`OPTIMIZER_SCALARS` key (``momentum``, ``beta1``, ...), one (member,) tensor per
+    key, the same for every parameter tensor.
     """
 
     lr_factor: dict[str, Tensor] | None
     weight_decay: dict[str, Tensor] | None
+    optimizer_scalars: dict[str, Tensor] | None = None
 
 
 def member_rules(
@@ -199,7 +240,12 @@ def member_hyper(
             if k not in decay:
                 d = [wd_m * r[k].wd_scale for wd_m, r in zip(wds, rules)]
                 decay[k] = torch.tensor(d, device=device, dtype=dtype)
-    return MemberHyper(factor or None, decay or None)
+    scalars = {
+        k: torch.tensor([p[k] for p in points for _ in range(n_seeds)], device=device, dtype=dtype)
+        for k in OPTIMIZER_SCALARS
+        if any(k in p for p in points)
+    }
+    return MemberHyper(factor or None, decay or None, scalars or None)
 
 
 def check_forward_rules(base: dict[str, ParamRule], rules: list[dict[str, ParamRule]]) -> None:

@@ -21,6 +21,7 @@ from widthwise.ensemble import Ensemble
 from widthwise.errors import UserError
 from widthwise.families import build_network
 from widthwise.losses import per_member_loss
+from widthwise.member_optim import MemberAdam, MemberSGD
 from widthwise.parameterization import ParamRule, RuleContext, network_rules_for, rules_for
 from widthwise.spec import StudySpec
 from widthwise.streams import training_loss
@@ -57,12 +58,16 @@ def build_optimizer(
     spec: StudySpec,
     *,
     torch_decays: bool = True,
+    member_scalars: dict[str, Tensor] | None = None,
 ) -> torch.optim.Optimizer:
     """A torch optimizer over the stacked tensors, one param group per tensor.
 
     Optimizers act elementwise, so a group over a (seed, ...) tensor keeps exactly
     the per-member state of E independent optimizers. ``torch_decays=False``: the
     groups' weight decay is 0 (the trainer applies each member's own: a sweep of it).
+    ``member_scalars``: swept ``momentum`` / ``beta1`` / ``beta2`` / ``eps``, (member,)
+    tensors; then the optimizer is :mod:`widthwise.member_optim`'s, which takes them per
+    member (torch's takes one value per group).
     """
     o = spec.optimizer
     groups = []
@@ -76,6 +81,18 @@ def build_optimizer(
                 "base_lr": o.lr * r.lr_scale,
                 "weight_decay": o.weight_decay * r.wd_scale if torch_decays else 0.0,
             }
+        )
+    if member_scalars:
+        m = member_scalars
+        if o.name == "sgd":
+            return MemberSGD(groups, lr=o.lr, momentum=m["momentum"], nesterov=o.nesterov)
+        return MemberAdam(
+            groups,
+            lr=o.lr,
+            beta1=m.get("beta1", o.betas[0]),
+            beta2=m.get("beta2", o.betas[1]),
+            eps=m.get("eps", o.eps),
+            decoupled=o.name == "adamw",
         )
     if o.name == "sgd":
         return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
@@ -174,7 +191,11 @@ class EnsembleTrainer:
         )
         self.decoupled_decay = o.name == "adamw"
         self.optimizer = build_optimizer(
-            self.params, self.rules, spec, torch_decays=self.hyper.weight_decay is None
+            self.params,
+            self.rules,
+            spec,
+            torch_decays=self.hyper.weight_decay is None,
+            member_scalars=self.hyper.optimizer_scalars,
         )
         e = self.ensemble.size
         self.alive = torch.ones(e, dtype=torch.bool, device=self.device)

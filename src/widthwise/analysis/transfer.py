@@ -54,8 +54,9 @@ from widthwise.analysis._checks import AnalysisError, plain, require_dataarray, 
 from widthwise.analysis._resample import REPLICATE
 from widthwise.analysis.uncertainty import Method, bootstrap_over_seeds, percentile_interval
 from widthwise.summary import FINAL_WINDOW  # train loss: mean of the last 10 steps
+from widthwise.sweep import SWEEP_KEYS
 
-SWEEP_DIMS = ("lr", "weight_decay", "sigma", "output_multiplier")
+SWEEP_DIMS = tuple(SWEEP_KEYS)
 """Dims a sweep study may have (``widthwise.sweep``), for Datasets without ``attrs["sweep"]``."""
 
 
@@ -80,7 +81,10 @@ _SPEC_KEYS = {
     "lr": ("optimizer", "lr"),
     "weight_decay": ("optimizer", "weight_decay"),
     "sigma": ("parameterization", "sigma"),
-    "output_multiplier": ("parameterization", "output_multiplier"),
+    "momentum": ("optimizer", "momentum"),
+    "eps": ("optimizer", "eps"),
+    "beta1": ("optimizer", "betas", 0),
+    "beta2": ("optimizer", "betas", 1),
 }
 
 
@@ -726,11 +730,15 @@ def select_point(ds: xr.Dataset, point: Mapping[str, float]) -> xr.Dataset:
     if isinstance(spec, dict):
         spec.pop("sweep", None)
         for k, v in point.items():
-            section, key = _SPEC_KEYS.get(k, (None, None))
+            section, key, *entry = _SPEC_KEYS.get(k, (None, None))
             if section is None:
                 continue
             sub = spec.get(section)
-            if isinstance(sub, dict):
+            if isinstance(sub, dict) and entry:  # one entry of a pair (betas)
+                pair = list(sub.get(key) or (0.9, 0.999))
+                pair[entry[0]] = float(v)
+                sub[key] = pair
+            elif isinstance(sub, dict):
                 sub[key] = float(v)
             elif section == "parameterization" and isinstance(sub, str):
                 spec[section] = {"name": sub, key: float(v)}

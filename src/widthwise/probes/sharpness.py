@@ -176,7 +176,8 @@ def adam_preconditioner(
     if optimizer is None:
         return None
     groups = {id(p): g for g in optimizer.param_groups for p in g["params"]}
-    if not all(
+    member_scalars = getattr(optimizer, "member_scalars", None)  # a beta/eps sweep
+    if member_scalars is None and not all(
         ("betas" in groups.get(id(p), {}) and "eps" in groups[id(p)]) for p in params.values()
     ):
         return None
@@ -189,9 +190,13 @@ def adam_preconditioner(
         if sq is None or t < 1:
             out[name] = torch.full_like(p.detach(), float("nan"))
             continue
-        b1, b2 = g["betas"]
+        if member_scalars is not None:  # (member, 1, ...) tensors or floats
+            m = member_scalars(p)
+            b1, b2, eps = m["beta1"], m["beta2"], m["eps"]
+        else:
+            (b1, b2), eps = g["betas"], g["eps"]
         lr = float(g["lr"])
-        denom = (sq.detach() / (1 - b2**t)).sqrt() + g["eps"]
+        denom = (sq.detach() / (1 - b2**t)).sqrt() + eps
         out[name] = (1 - b1**t) * denom / lr
     return out
 

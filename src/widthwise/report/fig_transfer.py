@@ -38,9 +38,18 @@ TOP_SPAN = 4.0  # the view reaches at most this many times the lowest seed mean
 
 
 def sweep_label(dim: str) -> str:
-    return {"lr": "learning rate", "weight_decay": "weight decay", "sigma": "init scale σ"}.get(
-        dim, dim
-    )
+    return _SWEEP_LABELS.get(dim, dim)
+
+
+_SWEEP_LABELS = {
+    "lr": "learning rate",
+    "weight_decay": "weight decay",
+    "sigma": "init scale σ",
+    "momentum": "SGD momentum",
+    "beta1": "Adam β₁",
+    "beta2": "Adam β₂",
+    "eps": "Adam ε",
+}
 
 
 def grid_ticks(ax, grid: np.ndarray, max_labels: int = 7) -> None:

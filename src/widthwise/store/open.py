@@ -28,7 +28,7 @@ from widthwise.probes import PROBES
 from widthwise.store.records import WidthRecords, load_width, status_values
 from widthwise.store.study_dir import StudyDir
 from widthwise.summary import width_state
-from widthwise.sweep import SWEEP_KEYS
+from widthwise.sweep import SWEEP_KEYS, stored_sweep_values
 
 __all__ = ["open_study", "status_values", "study_layout", "training_loss_of"]
 
@@ -293,14 +293,18 @@ def open_study(path: str | PathLike[str]) -> xr.Dataset:
         if name in ds:
             ds[name].attrs["loss"] = loss
     sweep = manifest.get("sweep")
-    return ds if not sweep else _unstack_sweep(ds, sweep, study.path)
+    return ds if not sweep else _unstack_sweep(ds, sweep, study.path, spec.get("sweep"))
 
 
-def _unstack_sweep(ds: xr.Dataset, sweep: Any, where: Path) -> xr.Dataset:
+def _unstack_sweep(ds: xr.Dataset, sweep: Any, where: Path, spec_sweep: Any) -> xr.Dataset:
     """A sweep study's member dim (point-major: member = point · n_seeds + seed index)
     as one dim per sweep key before ``seed``: e.g. ``train_loss`` (width, lr, seed, step);
-    ``attrs["sweep"]`` = {key: values}."""
-    values, seeds = (sweep.get("values"), sweep.get("seeds")) if isinstance(sweep, dict) else (0, 0)
+    ``attrs["sweep"]`` = {key: values}, in the spec's key order, which the points follow.
+
+    (:func:`widthwise.sweep.stored_sweep_values`).
+    """
+    values = stored_sweep_values(sweep, spec_sweep)
+    seeds = sweep.get("seeds") if isinstance(sweep, dict) else 0
     ok = (
         isinstance(values, dict)
         and all(k in SWEEP_KEYS and isinstance(v, list) and v for k, v in values.items())

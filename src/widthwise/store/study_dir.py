@@ -355,7 +355,13 @@ class StudyDir:
                     "widths": spec.widths,
                     "seeds": spec.member_ids,
                     **(
-                        {"sweep": {"values": spec.sweep, "seeds": spec.seed_list}}
+                        {  # keys: the points' order (JSON here sorts the mapping's keys)
+                            "sweep": {
+                                "keys": list(spec.sweep),
+                                "values": spec.sweep,
+                                "seeds": spec.seed_list,
+                            }
+                        }
                         if spec.sweep
                         else {}
                     ),

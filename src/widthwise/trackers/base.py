@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from widthwise.errors import UserError
 from widthwise.store import records as rec
 from widthwise.store.study_dir import StudyDir
-from widthwise.sweep import sweep_points
+from widthwise.sweep import stored_sweep_values, sweep_points
 
 
 def _installed(package: str) -> bool:
@@ -234,7 +234,7 @@ def _member_groups(
     sweep = manifest.get("sweep")
     if not isinstance(sweep, dict):
         return {"": [(m, f"seed_{s}") for m, s in enumerate(members)]}
-    points = sweep_points(sweep.get("values") or {})
+    points = sweep_points(stored_sweep_values(sweep) or {})  # type: ignore[arg-type]
     seeds = [int(s) for s in sweep.get("seeds") or []]
     groups: dict[str, list[tuple[int, str]]] = {}
     for i, point in enumerate(points):
