@@ -69,8 +69,22 @@ def merge(**updates: Any) -> Callable[[dict], dict]:
 
 # (id, mutation of the valid tiny spec, strings the error line must contain)
 BAD_SPECS: list[tuple[str, Callable[[dict], Any], list[str]]] = [
-    ("unknown_top_key", set_key("colour", "red"), ["colour", "unknown key"]),
-    ("unknown_nested_key", set_key("optimizer.momentun", 0.9), ["optimizer.momentun"]),
+    ("unknown_top_key", set_key("colour", "red"), ["colour", "unknown key", "allowed: name,"]),
+    (
+        "unknown_nested_key",
+        set_key("optimizer.momentun", 0.9),
+        ["optimizer.momentun", "allowed: name, lr, momentum, nesterov"],
+    ),
+    (
+        "unknown_family_option",
+        set_key("model.options.depht", 3),
+        ["model.options.depht", "unknown key", "allowed: depth"],
+    ),
+    (
+        "unknown_probe_option",
+        set_key("probes.train_loss.evry", 3),
+        ["probes.train_loss.evry", "unknown key", "allowed: every"],
+    ),
     ("negative_width", set_key("widths", [-16, 32]), ["widths", "positive", "-16"]),
     ("zero_width", set_key("widths", [0, 32]), ["widths", "positive"]),
     ("unsorted_widths", set_key("widths", [32, 16]), ["widths", "increasing", "[32, 16]"]),

@@ -14,6 +14,7 @@ import itertools
 import json
 import math
 import os
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -594,14 +595,18 @@ def _join(problems: Sequence[str]) -> str:
     return text
 
 
-def pydantic_problems(err: ValidationError, prefix: str = "") -> list[str]:
+def pydantic_problems(
+    err: ValidationError, prefix: str = "", model: type[BaseModel] | None = None
+) -> list[str]:
     """One line per problem of a pydantic ``err``: the dotted key (under ``prefix``), what
-    is wrong and what is allowed, as spec errors name them."""
+    is wrong and what is allowed, as spec errors name them (an unknown key lists the
+    keys ``model``, the validated model, allows where it is)."""
     out = []
     for e in err.errors():
         key = _fmt_loc(prefix, e["loc"])
         if e["type"] == "extra_forbidden":
-            out.append(f"{key}: unknown key")
+            known = _known_keys(model, e["loc"][:-1]) if model is not None else None
+            out.append(f"{key}: unknown key" + (f"; allowed: {', '.join(known)}" if known else ""))
         elif e["type"] == "missing":
             out.append(f"{key}: required key is missing")
         else:
@@ -609,6 +614,31 @@ def pydantic_problems(err: ValidationError, prefix: str = "") -> list[str]:
             msg = msg if len(msg) <= 200 else msg[:197] + "..."
             out.append(f"{key}: {msg} (got {_short(e.get('input'))})")
     return out
+
+
+def _known_keys(model: type[BaseModel], loc: Sequence[Any]) -> list[str] | None:
+    """The keys the (nested) model at ``loc`` under ``model`` allows; None where it is
+    not a model (a mapping of free keys, a list entry)."""
+    m: Any = model
+    for part in loc:
+        if not (isinstance(m, type) and issubclass(m, BaseModel)):
+            return None
+        fields = m.model_fields
+        name = next((n for n, f in fields.items() if part in (n, f.alias)), None)
+        if name is None:
+            return None
+        m = _model_of(fields[name].annotation)
+    if not (isinstance(m, type) and issubclass(m, BaseModel)):
+        return None
+    return [f.alias or n for n, f in m.model_fields.items()]
+
+
+def _model_of(annotation: Any) -> Any:
+    """The pydantic model in a field's annotation (``Model``, ``Model | None``), or None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    found = [a for a in typing.get_args(annotation) if _model_of(a) is not None]
+    return _model_of(found[0]) if len(found) == 1 else None
 
 
 def _parameterization_problems(spec: StudySpec) -> list[str]:
@@ -662,7 +692,7 @@ def _registry_problems(spec: StudySpec) -> list[str]:
         try:
             return registry.validate_options(name, options)
         except ValidationError as err:
-            problems.extend(pydantic_problems(err, options_key))
+            problems.extend(pydantic_problems(err, options_key, registry.entry(name).options))
         except UserError as err:
             problems.append(f"{key}: {err}")
         return None
@@ -788,7 +818,7 @@ def validate_spec(raw: Any, source: str = "spec") -> StudySpec:
     try:
         spec = StudySpec.model_validate(raw)
     except ValidationError as err:
-        raise SpecError(f"{source}: " + _join(pydantic_problems(err))) from None
+        raise SpecError(f"{source}: " + _join(pydantic_problems(err, model=StudySpec))) from None
     problems = _registry_problems(spec)
     if problems:
         raise SpecError(f"{source}: " + _join(problems))

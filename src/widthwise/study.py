@@ -140,7 +140,7 @@ def with_executor(
     try:
         es = ExecutorSpec.model_validate(override)
     except ValidationError as err:
-        raise SpecError("; ".join(pydantic_problems(err, "executor"))) from None
+        raise SpecError("; ".join(pydantic_problems(err, "executor", ExecutorSpec))) from None
     if es.name not in EXECUTORS:
         raise SpecError(
             f"executor.name: unknown executor {es.name!r}; allowed: {', '.join(EXECUTORS.names())}"
@@ -148,7 +148,9 @@ def with_executor(
     try:
         EXECUTORS.validate_options(es.name, es.options)
     except ValidationError as err:
-        raise SpecError("; ".join(pydantic_problems(err, "executor.options"))) from None
+        raise SpecError(
+            "; ".join(pydantic_problems(err, "executor.options", EXECUTORS.entry(es.name).options))
+        ) from None
     except UserError as err:
         raise SpecError(f"executor.name: {err}") from None
     return spec.model_copy(update={"executor": es})
