@@ -219,3 +219,34 @@ def test_basin_spans_a_flat_valley() -> None:
     np.testing.assert_allclose(opt["basin_lo"], 2.0**-6)
     np.testing.assert_allclose(opt["basin_hi"], 2.0**-2)
     assert "at lr 0.0156–0.25 at width 64" in wa.transfer_sentence(wa.transfer_verdict(opt))
+
+
+def test_a_grid_with_zero_is_drawn_on_a_linear_axis() -> None:
+    """A momentum (or weight decay) grid holds 0: the optimum is fitted on a linear scale
+    and the figure draws it so, the star on its curve (a log axis would drop the 0)."""
+    import warnings
+
+    from widthwise.report import fig_transfer
+
+    grid = np.array([0.0, 0.5, 0.8, 0.9, 0.95])
+    rng = np.random.default_rng(0)
+    vals = np.stack(
+        [(grid[:, None] - c) ** 2 + 0.3 + 0.01 * rng.standard_normal((5, 4)) for c in (0.7, 0.8)]
+    )
+    da = xr.DataArray(
+        vals,
+        dims=("width", "momentum", "seed"),
+        coords={"width": [64, 256], "momentum": grid, "seed": np.arange(4)},
+    )
+    opt = wa.optimal_lr(da, dim="momentum")
+    assert opt.attrs["scale"] == "linear"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns of a non-positive log xlim
+        fig = fig_transfer.transfer({"final": (da, opt)}, dim="momentum", tol_factor=2.0)
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "linear" and ax.get_xlim()[0] < 0 < ax.get_xlim()[1]
+    assert ax.get_xlabel() == "SGD momentum"
+    stars = [ln for ln in ax.lines if ln.get_marker() == "*"]
+    assert len(stars) == 2
+    for star, w in zip(stars, (64, 256)):
+        np.testing.assert_allclose(star.get_xdata()[0], float(opt["optimum"].sel(width=w)))

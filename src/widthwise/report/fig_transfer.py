@@ -66,7 +66,9 @@ def grid_ticks(ax, grid: np.ndarray, max_labels: int = 7) -> None:
     ax.xaxis.set_minor_locator(NullLocator())
 
 
-def draw_transfer(ax, loss: xr.DataArray, opt: xr.Dataset, colors: dict, *, dim: str) -> dict:
+def draw_transfer(
+    ax, loss: xr.DataArray, opt: xr.Dataset, colors: dict, *, dim: str, logx: bool = True
+) -> dict:
     """Draw one panel: per width the seed-mean loss against ``dim`` (the grid points where
     no member diverged) with the range over seeds shaded, the fitted optimum (a star on
     the curve at the parabola's vertex, the 95 % interval as a horizontal bar; open at the grid
@@ -116,7 +118,7 @@ def draw_transfer(ax, loss: xr.DataArray, opt: xr.Dataset, colors: dict, *, dim:
             x.set_gid(f"{DIVERGED_GID} {gid}")
         o = opt.sel(width=w)
         xo = float(o["optimum"])
-        yo = on_curve(grid, y, xo) if np.isfinite(xo) else float("nan")
+        yo = on_curve(grid, y, xo, logx=logx) if np.isfinite(xo) else float("nan")
         if not (np.isfinite(xo) and np.isfinite(yo)):
             continue
         edge = bool(o["at_edge"])
@@ -145,21 +147,29 @@ def draw_transfer(ax, loss: xr.DataArray, opt: xr.Dataset, colors: dict, *, dim:
     return drawn
 
 
-def on_curve(grid: np.ndarray, y: np.ndarray, x: float) -> float:
+def on_curve(grid: np.ndarray, y: np.ndarray, x: float, *, logx: bool = True) -> float:
     """Where the star sits: the drawn seed-mean curve at ``x`` (linear between the grid
     points on the log-log axes). Display only: the parabola's own minimum can lie below
     every drawn point, which would put the star off the curve it marks."""
     ok = np.isfinite(y) & (y > 0)
     if not ok.any():
         return float("nan")
+    if not logx:  # a grid with 0 (momentum, weight decay): linear in x
+        return float(np.exp(np.interp(x, grid[ok], np.log(y[ok]))))
     return float(np.exp(np.interp(np.log(x), np.log(grid[ok]), np.log(y[ok]))))
 
 
-def set_view(ax, values: Sequence[float], grid: np.ndarray, *, logy: bool) -> None:
+def set_view(
+    ax, values: Sequence[float], grid: np.ndarray, *, logy: bool, logx: bool = True
+) -> None:
     """x: the grid, padded; y: from the lowest seed mean to at most :data:`TOP_SPAN` times
     it (curves at large lr leave through the top), leaving room for the × markers."""
     g = np.asarray(grid, dtype=np.float64)
-    ax.set_xlim(g.min() / 1.35, g.max() * 1.35)
+    if logx:
+        ax.set_xlim(g.min() / 1.35, g.max() * 1.35)
+    else:
+        pad = 0.06 * (g.max() - g.min()) or 0.1 * max(abs(g.max()), 1e-12)
+        ax.set_xlim(g.min() - pad, g.max() + pad)
     v = np.asarray([x for x in values if np.isfinite(x) and (x > 0 or not logy)])
     if v.size == 0:
         return
@@ -218,7 +228,13 @@ def legend_handles(*, diverged: bool, edge: bool, seeds: bool) -> list:
 
 
 def draw_optima(
-    ax, opts: dict[str, xr.Dataset], colors: dict, *, tol_factor: float | None, ylabel: str = "lr"
+    ax,
+    opts: dict[str, xr.Dataset],
+    colors: dict,
+    *,
+    tol_factor: float | None,
+    ylabel: str = "lr",
+    logy: bool = True,
 ) -> None:
     """The optimum against width (log-log), one marker shape per quantity, coloured by
     width, the 95 % interval as error bars, open at the grid edge; shaded: the
@@ -264,7 +280,7 @@ def draw_optima(
         ylabel=f"optimal {ylabel}",
         title=f"optimal {ylabel} against width",
         logx=True,
-        logy=True,
+        logy=logy,
     )
     allw = sorted({float(v) for o in opts.values() for v in o.width.values})
     ax.set_xlim(allw[0] / 1.4, allw[-1] * 1.4)
@@ -291,18 +307,20 @@ def transfer(
     scale, colors = width_scale(widths, *[p[0] for p in panels.values()])
     any_div = any_edge = False
     seeds = False
+    # log x as the optimum's fit (transfer.optimal_lr: "log" for positive grids)
+    logx = all(p[1].attrs.get("scale", "log") == "log" for p in panels.values())
     for ax, (title, (loss, opt)) in zip(axes[0], panels.items()):
-        d = draw_transfer(ax, loss, opt, colors, dim=dim)
+        d = draw_transfer(ax, loss, opt, colors, dim=dim, logx=logx)
         any_div |= d["diverged"]
         any_edge |= d["edge"]
         seeds |= loss.sizes.get("seed", 1) > 1
-        style_axes(ax, xlabel=sweep_label(dim), ylabel=ylabel, title=title, logx=True, logy=logy)
+        style_axes(ax, xlabel=sweep_label(dim), ylabel=ylabel, title=title, logx=logx, logy=logy)
         grid_ticks(ax, d["grid"], max_labels=4 if n >= 3 else 6)
-        set_view(ax, d["values"], d["grid"], logy=logy)
+        set_view(ax, d["values"], d["grid"], logy=logy, logx=logx)
     handles = legend_handles(diverged=any_div, edge=any_edge, seeds=seeds)
     if tol_factor is not None:
         opts = {t: p[1] for t, p in panels.items()}
-        draw_optima(axes[0][-1], opts, colors, tol_factor=tol_factor, ylabel=dim)
+        draw_optima(axes[0][-1], opts, colors, tol_factor=tol_factor, ylabel=dim, logy=logx)
         markers = ("o", "s", "^", "D")
         for k, t in enumerate(opts):
             handles.append(
