@@ -192,6 +192,24 @@ def _depth_list(text: str) -> list[int]:
     return depths
 
 
+def _cmd_describe(args: argparse.Namespace, console: Console) -> int:
+    import json
+
+    from widthwise.describe import describe, print_description
+    from widthwise.spec import load_spec, refuse_code
+
+    import_plugins(args.imports)
+    spec = load_spec(args.spec)
+    if not args.allow_code:
+        refuse_code(spec, args.imports)  # a module family's factory is code (docs/security.md)
+    info = describe(spec, args.width)
+    if args.json:
+        print(json.dumps(info, indent=1))
+    else:
+        print_description(info, console)
+    return 0
+
+
 def _cmd_coord_check(args: argparse.Namespace, console: Console) -> int:
     from widthwise.analysis.coordinates import coord_slopes
     from widthwise.coord_check_view import check_data, check_plot_path, print_check, write_plot
@@ -277,9 +295,12 @@ def _non_empty(text: str) -> str:
 
 
 def _positive_int(text: str) -> int:
-    value = _non_negative_int(text)
+    try:
+        value = _non_negative_int(text)
+    except argparse.ArgumentTypeError:
+        value = 0
     if value == 0:
-        raise argparse.ArgumentTypeError("expected a whole number >= 1, got 0")
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
     return value
 
 
@@ -386,6 +407,22 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--device")
     _add_import_flag(c)
     c.set_defaults(fn=_cmd_coord_check)
+    d = sub.add_parser(
+        "describe",
+        help="what a spec trains: every tensor's role, fan-in and rule, before it runs",
+    )
+    d.add_argument("spec")
+    d.add_argument(
+        "--width", type=_positive_int, help="the width to show (default: the base width)"
+    )
+    d.add_argument("--json", action="store_true", help="machine-readable JSON (docs/cli.md)")
+    d.add_argument(
+        "--allow-code",
+        action="store_true",
+        help="let the spec import its model factory (docs/security.md); only for specs you trust",
+    )
+    _add_import_flag(d)
+    d.set_defaults(fn=_cmd_describe)
     rp = sub.add_parser("report", help="HTML report, figures and CSV of a study directory")
     rp.add_argument("dir", help="study directory")
     rp.add_argument("--out", type=_non_empty, help="report directory (default: DIR/report)")
@@ -435,6 +472,7 @@ COMMAND_MODULES = {
     "show": ("widthwise.show",),
     "list": ("widthwise.listing",),
     "coord-check": ("widthwise.coordinate_check", "widthwise.spec"),
+    "describe": ("widthwise.describe", "widthwise.spec"),
     "report": ("widthwise.report",),
     "compare": ("widthwise.report",),
 }
