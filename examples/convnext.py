@@ -7,8 +7,9 @@ the way a user would: stem (4×4 patchify conv + LayerNorm), four stages of Conv
 blocks (7×7 depthwise conv → LayerNorm → Linear 4× → GELU → Linear → layer scale,
 residual), downsampling (LayerNorm + 2×2 conv, stride 2) between stages, global
 average pool, LayerNorm and a linear head. ConvNeXt-T: ``width = 96``, stage
-channels ``(w, 2w, 4w, 8w)``, depths ``(3, 3, 9, 3)``; no stochastic depth
-(module families take no dropout).
+channels ``(w, 2w, 4w, 8w)``, depths ``(3, 3, 9, 3)``; no stochastic depth (its
+drop-path draws from torch's global generator, which module families refuse;
+``nn.Dropout`` modules get per-member masks: docs/modules.md#dropout).
 
     model: {family: module, options: {factory: "convnext:make_convnext",
                                       kwargs: {depths: [1, 1, 1, 1]}}}

@@ -26,6 +26,7 @@ command line and the worker processes widthwise starts switch it on).
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from widthwise.families.base import Network
+from widthwise.families.module_dropout import member_index, training_forward
 from widthwise.losses import LossName
 from widthwise.parameterization import ParamRule
 from widthwise.torch_compat import torch_function_mode_active
@@ -179,7 +181,14 @@ class Ensemble:
             self.strategy = "loop"
         self.center = center
         self.params0: dict[str, Tensor] | None = None
-        self._vmapped = torch.func.vmap(self._apply_member, in_dims=(0, None, None))
+        # a module family's dropout (widthwise.families.module_dropout): masks drawn from
+        # explicit per-member generators, one unbatched draw under vmap ("same")
+        self.dropout = bool(getattr(network.apply, "dropout", ()))
+        self._vmapped = torch.func.vmap(
+            self._apply_member,
+            in_dims=(0, None, None, 0),
+            randomness="same" if self.dropout else "error",
+        )
 
     @property
     def size(self) -> int:
@@ -208,8 +217,13 @@ class Ensemble:
             out[k] = w if mult == 1.0 else w * mult
         return out
 
-    def _apply_member(self, raw: dict[str, Tensor], x: Tensor, taps: bool):
-        return self.network.apply(self.effective(raw), x, taps)
+    def _apply_member(
+        self, raw: dict[str, Tensor], x: Tensor, taps: bool, index: int | Tensor | None = None
+    ):
+        if index is None or not self.dropout:
+            return self.network.apply(self.effective(raw), x, taps)
+        with member_index(index):  # whose dropout masks (a batched index under vmap)
+            return self.network.apply(self.effective(raw), x, taps)
 
     def _forward(self, params: dict[str, Tensor], x: Tensor, taps: bool):
         if self.strategy == "vmap":
@@ -217,11 +231,12 @@ class Ensemble:
             # the family must see per-member tensors, as torch.func.vmap shows them.
             if self.network.stackable and not torch_function_mode_active():
                 return self._stacked(params, x, taps)
-            return self._vmapped(params, x, taps)
+            index = torch.arange(self.size, device=x.device)
+            return self._vmapped(params, x, taps, index)
         names = list(params)
         outs, recs = [], []
-        for slices in zip(*(params[k].unbind(0) for k in names)):
-            out, rec = self._apply_member(dict(zip(names, slices)), x, taps)
+        for e, slices in enumerate(zip(*(params[k].unbind(0) for k in names))):
+            out, rec = self._apply_member(dict(zip(names, slices)), x, taps, e)
             outs.append(out)
             recs.append(rec)
         stacked = {k: torch.stack([r[k] for r in recs]) for k in (recs[0] if recs else {})}
@@ -232,11 +247,23 @@ class Ensemble:
         out, rec = self.network.apply(wrapped, x, taps)  # type: ignore[arg-type]
         return out, {k: v.contiguous() for k, v in rec.items()}
 
-    def forward(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
-        """Logits (seed, batch, output); centered on the initial network under ``center``."""
-        out, _ = self._forward(params, x, False)
+    def _training(self, step: int | None) -> contextlib.AbstractContextManager[Any]:
+        """Dropout on, with step ``step``'s masks (a module family with dropout), or nothing."""
+        if step is None or not self.dropout:
+            return contextlib.nullcontext()
+        return training_forward(step, self.seeds, self.network.width)
+
+    def forward(self, params: dict[str, Tensor], x: Tensor, step: int | None = None) -> Tensor:
+        """Logits (seed, batch, output); centered on the initial network under ``center``.
+
+        ``step``: a training forward pass of update ``step``: a module family's dropout
+        is on, each member with its own masks from (its seed, the width, ``step``)
+        (:mod:`widthwise.families.module_dropout`). Without it (every probe) dropout is
+        off. The centring network f_θ0 sees the same masks as f_θ."""
+        with self._training(step):
+            out, _ = self._forward(params, x, False)
         if self.center and self.params0 is not None:
-            with torch.no_grad():
+            with torch.no_grad(), self._training(step):
                 out0, _ = self._forward(self.params0, x, False)
             out = out - out0
         return out

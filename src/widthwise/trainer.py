@@ -245,7 +245,7 @@ class EnsembleTrainer:
         for g in self.optimizer.param_groups:
             g["lr"] = g["base_lr"] * factor
         with self.autocast():  # bf16 matmuls under mixed precision; parameters stay in dtype
-            logits = self.ensemble.forward(self.params, x)  # (seed, batch, output)
+            logits = self.ensemble.forward(self.params, x, step=t)  # (seed, batch, output)
         # the loss (and so every gradient) in the parameter dtype
         losses = per_member_loss(self.loss_name, logits.to(self.dtype), y)  # (seed,)
         ok = torch.isfinite(losses) & self.alive

@@ -23,6 +23,10 @@ How a module becomes a :class:`~widthwise.families.Network`:
   vectorized forward and one gradient are compared with a per-member loop on a small
   batch (:meth:`ModuleApply.check_vmap`); where vmap fails or disagrees beyond
   float rounding the ensemble falls back to the loop with a notice.
+* **dropout**: ``nn.Dropout``/``Dropout1d/2d/3d`` modules are kept in eval mode and
+  get per-member masks from (member seed, width, step) during the training forward
+  only (:mod:`widthwise.families.module_dropout`); dropout that would draw from
+  torch's global generator (functional, attention, alpha) is refused with one line.
 
 Attention: muP scales scores by 1/d_head. A module takes the scale from widthwise
 with :func:`attention_scale` (``F.scaled_dot_product_attention(q, k, v,
@@ -57,6 +61,11 @@ from widthwise.families.module_apply import (
     attention_scale,
     example_input,
     logits_of,
+)
+from widthwise.families.module_dropout import (
+    FindRandomDropout,
+    check_dropout,
+    random_dropout_error,
 )
 from widthwise.families.module_roles import (
     _CONV,
@@ -267,13 +276,8 @@ def _is_tap_default(mod: nn.Module) -> bool:
 
 
 def _check_supported(model: nn.Module, label: str) -> None:
+    check_dropout(model, label)  # alpha dropout, attention dropout: one line
     for name, mod in model.named_modules():
-        if isinstance(mod, nn.modules.dropout._DropoutNd) and mod.p > 0:
-            raise UserError(
-                f"model.options.factory: {label!r} has dropout ({name!r}, p={mod.p}); module "
-                "families do not support dropout yet (members would not be reproducible): "
-                "build it with p=0"
-            )
         if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.track_running_stats:
             raise UserError(
                 f"model.options.factory: {label!r} has BatchNorm running statistics "
@@ -374,13 +378,11 @@ CHECK_ON_CPU_VALUES = 20_000_000
 """A module built on the meta device is also built on the CPU and its forward checked
 when it has at most this many parameter values (80 MB in float32)."""
 
-_NOTED: set[tuple[str, str]] = set()
 
 
 def _note(label: str, text: str) -> None:
-    if (label, text) not in _NOTED:
-        _NOTED.add((label, text))
-        warnings.warn(f"{label}: {text}", UserWarning, stacklevel=3)
+    """A notice (Python's warning filters show each once per place; no state here)."""
+    warnings.warn(f"{label}: {text}", UserWarning, stacklevel=3)
 
 
 def _check_forward(apply: ModuleApply, label: str, exponent: float) -> None:
@@ -392,9 +394,12 @@ def _check_forward(apply: ModuleApply, label: str, exponent: float) -> None:
     own = {p.name: named[p.name] for p in apply.params}
     before = _SCALE_CALLS[0]
     counter = _CountAttention()
+    finder = FindRandomDropout()  # dropout from torch's global generator: refused
+    unwatch = finder.watch(apply.model)
     saved = {k: b.clone() for k, b in apply.buffers.items()}
+    rng = torch.get_rng_state()
     try:
-        with torch.no_grad(), counter:
+        with torch.no_grad(), counter, finder:
             out, _ = apply(own, x)
     except UserError:
         raise
@@ -404,6 +409,14 @@ def _check_forward(apply: ModuleApply, label: str, exponent: float) -> None:
             f"model.options.factory: {label!r}: the model's forward failed on a batch of "
             f"shape {tuple(x.shape)}: {type(err).__name__}: {msg}"
         ) from None
+    finally:
+        unwatch()
+        drew = not torch.equal(rng, torch.get_rng_state())
+        torch.set_rng_state(rng)
+    if finder.found:
+        raise random_dropout_error(label, finder.found)
+    if drew:  # another random op (torch.rand, bernoulli, RReLU): members would share draws
+        raise random_dropout_error(label, None)
     for k, b in saved.items():
         if not torch.equal(b, apply.buffers[k]):  # in-place state: members would share it
             apply.buffers[k].copy_(b)

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from widthwise.errors import UserError
+from widthwise.families.module_dropout import install_dropout, member_index, training_forward
 from widthwise.families.module_roles import InferredParam
 from widthwise.parameterization import ParamSpec, Role
 
@@ -106,6 +107,8 @@ class ModuleApply:
     Holds the module at its width (its buffers are used as they are; its own
     parameters never), the tensors and their aliases, the forward hooks that record
     taps, and the tied readouts' multipliers (set by :meth:`bind_parameterization`).
+    ``dropout`` names its dropout modules with p > 0: in eval mode, their masks drawn
+    per member during a training forward (:mod:`widthwise.families.module_dropout`).
     """
 
     def __init__(
@@ -123,6 +126,7 @@ class ModuleApply:
         label: str,
     ) -> None:
         self.model = model.train()
+        self.dropout = install_dropout(model)  # dropout modules: eval mode, masks per member
         self.params = params
         self.buffers = dict(model.named_buffers(remove_duplicate=False))
         self.tied_readouts = dict(tied_readouts)
@@ -289,11 +293,29 @@ class ModuleApply:
             if gv is None or any(g is None for g in gl):
                 continue
             problem = _differs(f"gradient of {k!r}", gv, torch.stack(gl))
+        if not problem and self.dropout:
+            problem = self._check_dropout_vmap(w, x)
         if problem:
             self._vmap_checked = (False, f"vectorized and per-member results differ ({problem})")
         else:
             self._vmap_checked = (True, "")
         return self._vmap_checked
+
+    def _check_dropout_vmap(self, w: Mapping[str, Tensor], x: Tensor) -> str:
+        """A training forward with dropout on, vectorized and member by member: the same
+        masks and the same logits (or what differs)."""
+        members = next(iter(w.values())).shape[0]
+
+        def member(ww: Mapping[str, Tensor], index: int | Tensor) -> Tensor:
+            with member_index(index):
+                return self(ww, x)[0]
+
+        with torch.no_grad():
+            with training_forward(0, range(members), 0):
+                out_v = torch.func.vmap(member, randomness="same")(w, torch.arange(members))
+            with training_forward(0, range(members), 0):
+                outs = [member({k: v[e] for k, v in w.items()}, e) for e in range(members)]
+        return _differs("forward with dropout", out_v, torch.stack(outs))
 
 
 def _differs(what: str, a: Tensor, b: Tensor) -> str:
