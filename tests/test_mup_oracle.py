@@ -46,19 +46,23 @@ CPU = torch.device("cpu")
 class MupMLP(nn.Module):
     """Depth-3 ReLU MLP in mup's style; parameter names match widthwise's ``mlp``."""
 
-    def __init__(self, width: int, bias: bool, d_in: int = D_IN, out: int = 1) -> None:
+    def __init__(
+        self, width: int, bias: bool, d_in: int = D_IN, out: int = 1, output_mult: float = 1.0
+    ) -> None:
         super().__init__()
         self.l1 = nn.Linear(d_in, width, bias=bias)
         self.l2 = nn.Linear(width, width, bias=bias)
-        self.out = mup.MuReadout(width, out, bias=bias)
+        self.out = mup.MuReadout(width, out, bias=bias, output_mult=output_mult)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(F.relu(self.l2(F.relu(self.l1(x)))))
 
 
-def make_mup_model(width: int, bias: bool, seed: int = 0, out: int = 1) -> MupMLP:
+def make_mup_model(
+    width: int, bias: bool, seed: int = 0, out: int = 1, output_mult: float = 1.0
+) -> MupMLP:
     torch.manual_seed(seed)
-    model = MupMLP(width, bias, out=out)
+    model = MupMLP(width, bias, out=out, output_mult=output_mult)
     mup.set_base_shapes(model, MupMLP(BASE, bias, out=out), delta=MupMLP(2 * BASE, bias, out=out))
     return model
 
@@ -113,11 +117,31 @@ CASES = [
 ]
 
 
+OUTPUT_MULT_CASES = [
+    # parameterization.output_multiplier α = MuReadout(output_mult=α) (no readout bias:
+    # mup scales the readout's input, widthwise its output; without a bias the same)
+    (256, False, {"name": "sgd", "lr": 0.05, "momentum": 0.9}, 2.0),
+    (256, False, {"name": "adam", "lr": 3e-3, "eps": ADAM_EPS}, 0.25),
+]
+
+
 @pytest.mark.parametrize(("width", "bias", "opt"), CASES)
 def test_mup_matches_mup_package_step_by_step(width: int, bias: bool, opt: dict[str, Any]) -> None:
-    model = make_mup_model(width, bias)
+    _step_by_step(width, bias, opt)
+
+
+@pytest.mark.parametrize(("width", "bias", "opt", "alpha"), OUTPUT_MULT_CASES)
+def test_output_multiplier_is_mureadout_output_mult(
+    width: int, bias: bool, opt: dict[str, Any], alpha: float
+) -> None:
+    _step_by_step(width, bias, opt, alpha)
+
+
+def _step_by_step(width: int, bias: bool, opt: dict[str, Any], alpha: float = 1.0) -> None:
+    model = make_mup_model(width, bias, output_mult=alpha)
     optim = mup_optimizer(model, opt)
-    spec = spec_for(width, bias, opt)
+    param = "mup" if alpha == 1.0 else {"name": "mup", "output_multiplier": alpha}
+    spec = spec_for(width, bias, opt, param)
     trainer = make_trainer(spec, width)
     ref = dict(model.named_parameters())
     assert set(ref) == set(trainer.params)

@@ -563,8 +563,12 @@ def test_legacy_parameterization_forms_keep_their_hash(param: Any, pinned: str) 
         "center",
         "readout_zero_init",
         "query_zero_init",
+        "output_multiplier",  # newer: hashed only away from its default 1
     }
     assert spec.hash() == pinned
+    alpha = {"name": param, "output_multiplier": 2.0} if isinstance(param, str) else None
+    if alpha is not None:
+        assert validate_spec(tiny_spec_dict(parameterization=alpha)).hash() != pinned
     # the same spec read back from its dump (as a study directory stores it)
     assert validate_spec(spec.model_dump(mode="json")).hash() == spec.hash()
 

@@ -35,6 +35,10 @@ OPTIMIZERS = {
         {"name": "sgd", "lr": 0.1, "momentum": 0.5, "nesterov": True},
         {"momentum": [0.5, 0.9], "weight_decay": [0.0, 0.01]},
     ),
+    "sgd-output-multiplier": (
+        {"name": "sgd", "lr": 0.1, "momentum": 0.9},
+        {"output_multiplier": [0.5, 2.0], "lr": [0.05, 0.2]},
+    ),
     "adam-betas": ({"name": "adam", "lr": 0.01}, {"beta1": [0.8, 0.9], "beta2": [0.99, 0.999]}),
     "adamw-eps": (
         {"name": "adamw", "lr": 0.01, "weight_decay": 0.1},
@@ -55,8 +59,8 @@ def _point_spec(spec: dict[str, Any], point: dict[str, float], out: Path) -> dic
     one["out"] = str(out)
     one["optimizer"] = dict(spec["optimizer"])
     for k, v in point.items():
-        if k == "sigma":
-            one["parameterization"] = {**spec["parameterization"], "sigma": v}
+        if k in ("sigma", "output_multiplier"):
+            one["parameterization"] = {**one["parameterization"], k: v}
         elif k in ("beta1", "beta2"):
             betas = list(one["optimizer"].get("betas", (0.9, 0.999)))
             betas[k == "beta2"] = v
@@ -216,6 +220,40 @@ def test_load_member_at_a_point(tmp_path: Path) -> None:
         load_member(tmp_path / "s", 32, 1)
     with pytest.raises(UserError, match="0.3"):
         load_member(tmp_path / "s", 32, 1, point={"lr": 0.3, "sigma": 0.5})
+
+
+def test_output_multiplier_member_exports_and_its_entk_is_its_point_alone(
+    tmp_path: Path,
+) -> None:
+    """α multiplies a member's logits: load_member folds it in (outputs equal the stored
+    test logits), and its eNTK is its point's alone (α² times the family's)."""
+    optimizer, sweep = OPTIMIZERS["sgd-output-multiplier"]
+    probes = {
+        "train_loss": {"every": 1},
+        "test": {"every": 4},
+        "entk": {"at": ["init", "end"], "points": 8},
+    }
+    spec = _spec(tmp_path / "s", optimizer, sweep=sweep, probes=probes)
+    spec["widths"] = [16]
+    assert main(["run", str(write_spec(tmp_path / "s.yaml", spec)), "--quiet"]) == 0
+    ds = widthwise.open_study(tmp_path / "s")
+    x = np.load(tmp_path / "s" / "probe_set.npz")["x"]
+    point = {"output_multiplier": 2.0, "lr": 0.2}
+    model = load_member(tmp_path / "s", 16, 1, point=point)
+    with torch.no_grad():
+        f = model(torch.as_tensor(x, dtype=torch.float64)).numpy()
+    want = ds.test_logits.sel(width=16, seed=1, **point).isel(test_step=-1).values
+    np.testing.assert_allclose(f, want, rtol=1e-10, atol=1e-12)
+    one = _point_spec(spec, point, tmp_path / "one")
+    assert main(["run", str(write_spec(tmp_path / "one.yaml", one)), "--quiet"]) == 0
+    ref = widthwise.open_study(tmp_path / "one")
+    np.testing.assert_allclose(ds.entk.sel(point).values, ref.entk.values, rtol=1e-9)
+    init = ds.entk.isel(entk_step=0).sel(lr=0.2)  # same weights at init: K ∝ α²
+    np.testing.assert_allclose(
+        init.sel(output_multiplier=2.0).values,
+        16 * init.sel(output_multiplier=0.5).values,
+        rtol=1e-10,
+    )
 
 
 BAD_SWEEPS = [

@@ -40,6 +40,7 @@ SHARED_DIMS = (
     "beta1",
     "beta2",
     "eps",
+    "output_multiplier",
 )
 """Dims without a probe prefix: the same meaning (and size) wherever they appear."""
 

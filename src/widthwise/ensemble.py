@@ -161,6 +161,7 @@ class Ensemble:
         strategy: str = "auto",
         center: bool = False,
         member_rules: Sequence[dict[str, ParamRule]] | None = None,
+        output_multiplier: float | Sequence[float] = 1.0,
     ) -> None:
         self.network = network
         self.rules = rules
@@ -181,6 +182,16 @@ class Ensemble:
             self.strategy = "loop"
         self.center = center
         self.params0: dict[str, Tensor] | None = None
+        # α: every member's logits times its own (parameterization.output_multiplier, or
+        # a sweep of it); the family computes the rest
+        alpha = (
+            [float(output_multiplier)] * self.size
+            if isinstance(output_multiplier, int | float)
+            else [float(a) for a in output_multiplier]
+        )
+        if len(alpha) != self.size:
+            raise ValueError(f"{len(alpha)} output multipliers for {self.size} members")
+        self.output_multiplier = tuple(alpha)
         # a module family's dropout (widthwise.families.module_dropout): masks drawn from
         # explicit per-member generators, one unbatched draw under vmap ("same")
         self.dropout = bool(getattr(network.apply, "dropout", ()))
@@ -225,7 +236,21 @@ class Ensemble:
         with member_index(index):  # whose dropout masks (a batched index under vmap)
             return self.network.apply(self.effective(raw), x, taps)
 
+    def scale_output(self, out: Tensor) -> Tensor:
+        """``out`` (seed, ...) with member e's entries times its output multiplier α_e."""
+        alpha = self.output_multiplier
+        if all(a == 1.0 for a in alpha):
+            return out
+        if len(set(alpha)) == 1:
+            return out * alpha[0]
+        a = torch.tensor(alpha, device=out.device, dtype=out.dtype)
+        return out * a.view(-1, *([1] * (out.dim() - 1)))
+
     def _forward(self, params: dict[str, Tensor], x: Tensor, taps: bool):
+        out, rec = self._forward_family(params, x, taps)
+        return self.scale_output(out), rec
+
+    def _forward_family(self, params: dict[str, Tensor], x: Tensor, taps: bool):
         if self.strategy == "vmap":
             # Under someone else's TorchFunctionMode (e.g. a probe intercepting F.linear)
             # the family must see per-member tensors, as torch.func.vmap shows them.

@@ -36,9 +36,12 @@ class FunctionalMember(nn.Module):
     """A built-in family's network at one width as an ``nn.Module``: ``forward(x)`` is
     ``network.apply(effective weights, x)``'s logits, ``forward_taps(x)`` adds the taps."""
 
-    def __init__(self, network: Network, weights: Mapping[str, Tensor]) -> None:
+    def __init__(
+        self, network: Network, weights: Mapping[str, Tensor], output_multiplier: float = 1.0
+    ) -> None:
         super().__init__()
         self.network = network
+        self.output_multiplier = float(output_multiplier)  # α: the logits times α
         for name, w in weights.items():
             _register(self, name, nn.Parameter(w.clone()))
 
@@ -46,10 +49,11 @@ class FunctionalMember(nn.Module):
         return dict(self.named_parameters())
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.network.apply(self.weights(), x, False)[0]
+        return self.forward_taps(x, taps=False)[0]
 
-    def forward_taps(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        return self.network.apply(self.weights(), x, True)
+    def forward_taps(self, x: Tensor, taps: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
+        out, rec = self.network.apply(self.weights(), x, taps)
+        return (out if self.output_multiplier == 1.0 else out * self.output_multiplier), rec
 
 
 def _register(root: nn.Module, name: str, p: nn.Parameter) -> None:
@@ -132,6 +136,7 @@ def load_member(
     from widthwise.spec import validate_spec
     from widthwise.store.study_dir import StudyDir
     from widthwise.streams import STREAMS
+    from widthwise.sweep import member_output_multipliers
     from widthwise.trainer import rule_context
 
     study = StudyDir(Path(study_dir))
@@ -169,9 +174,12 @@ def load_member(
     rules = rules_for(param, list(net.params), ctx)
     i = at * len(seeds) + seeds.index(seed)
     weights = {p.name: rules[p.name].multiplier * state["params"][p.name][i] for p in net.params}
+    alpha = member_output_multipliers(
+        spec.sweep_points, len(seeds), spec.parameterization.output_multiplier
+    )[i]
     apply = net.apply
     if not isinstance(apply, ModuleApply):
-        return FunctionalMember(net, weights).to(device).eval()
+        return FunctionalMember(net, weights, alpha).to(device).eval()
     apply.bind_parameterization(lambda specs: rules_for(param, specs, ctx))
     entry = FAMILIES.entry(spec.model.family)
     factory = getattr(entry.obj, "_widthwise_factory", None)
@@ -192,4 +200,23 @@ def load_member(
         for name, w in weights.items():
             named[name].copy_(w.to(named[name].dtype))
     attention_hooks(model, apply.exponent, apply.readout_mult)
+    if alpha != 1.0:
+        model.register_forward_hook(_output_times(alpha))
     return model.to(device).eval()
+
+
+def _output_times(alpha: float):  # noqa: ANN202
+    """A forward hook: the module's logits times α (a tensor, or an output's ``logits``,
+    as widthwise reads them: ``widthwise.families.module_apply.logits_of``)."""
+
+    def hook(_mod: nn.Module, _args: Any, out: Any) -> Any:
+        if isinstance(out, Tensor):
+            return out * alpha
+        if isinstance(getattr(out, "logits", None), Tensor):
+            out.logits = out.logits * alpha
+            return out
+        if isinstance(out, tuple) and out and isinstance(out[0], Tensor):
+            return (out[0] * alpha, *out[1:])
+        raise TypeError(f"cannot apply output_multiplier {alpha:g} to a {type(out).__name__}")
+
+    return hook

@@ -43,6 +43,7 @@ HASHED_WHEN_SET: dict[str, Any] = {
     "sweep": {},
     "depth_mup": None,
     "depths": None,
+    "parameterization.output_multiplier": 1.0,
 }
 """Keys newer than format 1, hashed only when not at these defaults (older hashes hold)."""
 
@@ -119,6 +120,13 @@ class ParameterizationSpec(_Strict):
     center: bool = Field(False, description="mf only: subtract the initial network's output")
     readout_zero_init: bool = Field(False, description="mup: the readout starts at zero")
     query_zero_init: bool = Field(False, description="mup: attention query weights start at zero")
+    output_multiplier: float = Field(
+        1.0,
+        gt=0,
+        le=1e3,
+        description="α: the network's output (logits) times α, under any parameterization "
+        "(mup's MuReadout output_mult; ≤ 1000; docs/parameterizations.md)",
+    )
 
     def given_options(self) -> dict[str, Any]:
         """The options given for the named parameterization: every key but ``name`` and
@@ -219,8 +227,8 @@ class StudySpec(_Strict):
     sweep: dict[str, list[float]] = Field(
         default_factory=dict,
         description="hyperparameter grids trained as ensemble members: lr, weight_decay, "
-        "sigma, momentum (sgd), beta1, beta2, eps (adam, adamw) -> a list of values "
-        "(docs/sweeps.md)",
+        "sigma, output_multiplier, momentum (sgd), beta1, beta2, eps (adam, adamw) -> a "
+        "list of values (docs/sweeps.md)",
     )
     schedule: LRSchedule = Field(default_factory=LRSchedule, description="learning-rate schedule")
     steps: int = Field(gt=0, le=MAX_STEPS, description="optimizer updates (≤ 10⁸)")
@@ -413,8 +421,14 @@ def hashed_part(dump: dict[str, Any]) -> dict[str, Any]:
     defaults."""
     payload = {k: v for k, v in dump.items() if k not in NOT_HASHED}
     for key, default in HASHED_WHEN_SET.items():
-        if key in payload and payload[key] == default:
-            del payload[key]
+        section, _, sub = key.rpartition(".")
+        if not section:
+            if key in payload and payload[key] == default:
+                del payload[key]
+        elif isinstance(payload.get(section), dict) and payload[section].get(sub, default) == (
+            default
+        ):  # a nested key (parameterization.output_multiplier): a copy without it
+            payload[section] = {k: v for k, v in payload[section].items() if k != sub}
     sweep = payload.get("sweep")
     if isinstance(sweep, dict) and list(sweep) != sorted(sweep):
         # the hash's JSON sorts keys, but the members follow the spec's key order: two

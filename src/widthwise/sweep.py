@@ -26,8 +26,11 @@ How a member's own value enters the stacked computation, exactly in exact arithm
                   (:mod:`widthwise.member_optim`), torch's single-tensor algorithm with
                   these scalars as (member,) tensors: each member's state is its own.
 
-``nesterov`` (a switch, not a scalar) and ``output_multiplier`` (a per-member forward
-multiplier) are not sweepable: one line says so.
+``output_multiplier`` each member's logits times its own α
+                  (:meth:`widthwise.ensemble.Ensemble.scale_output`), as
+                  ``parameterization.output_multiplier`` multiplies every member's.
+
+``nesterov`` (a switch, not a scalar) is not sweepable: one line says so.
 """
 
 from __future__ import annotations
@@ -52,11 +55,12 @@ SWEEP_KEYS: dict[str, tuple[float, float, bool, bool]] = {
     "beta1": (0.0, 1.0, True, False),
     "beta2": (0.0, 1.0, True, False),
     "eps": (0.0, 1.0, False, True),
+    "output_multiplier": (0.0, 1e3, False, True),
 }
 """Sweepable keys: (lower bound, upper bound, lower bound allowed, upper bound allowed)
 of their values — the bounds of ``optimizer.lr``, ``optimizer.weight_decay``,
 ``parameterization.sigma``, ``optimizer.momentum``, ``optimizer.betas`` and
-``optimizer.eps``."""
+``optimizer.eps`` and ``parameterization.output_multiplier``."""
 
 OPTIMIZER_SCALARS: dict[str, tuple[str, ...]] = {
     "momentum": ("sgd",),
@@ -70,7 +74,6 @@ OPTIMIZER_SCALARS: dict[str, tuple[str, ...]] = {
 NOT_SWEEPABLE = {
     "betas": "sweep its entries as beta1 and beta2",
     "nesterov": "it is a switch, not a scalar (run a study per value)",
-    "output_multiplier": "a per-member forward multiplier is not supported",
 }
 MAX_SWEEP_VALUES = 64
 """Most values one sweep key may list."""
@@ -246,6 +249,13 @@ def member_hyper(
         if any(k in p for p in points)
     }
     return MemberHyper(factor or None, decay or None, scalars or None)
+
+
+def member_output_multipliers(
+    points: list[dict[str, float]], n_seeds: int, base: float
+) -> list[float]:
+    """Every member's output multiplier α (point-major): its point's, else ``base``."""
+    return [float(p.get("output_multiplier", base)) for p in points for _ in range(n_seeds)]
 
 
 def check_forward_rules(base: dict[str, ParamRule], rules: list[dict[str, ParamRule]]) -> None:

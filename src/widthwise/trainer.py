@@ -26,7 +26,12 @@ from widthwise.parameterization import ParamRule, RuleContext, network_rules_for
 from widthwise.spec import StudySpec
 from widthwise.streams import training_loss
 from widthwise.streams.base import Stream
-from widthwise.sweep import check_forward_rules, member_hyper, member_rules
+from widthwise.sweep import (
+    check_forward_rules,
+    member_hyper,
+    member_output_multipliers,
+    member_rules,
+)
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16}
@@ -176,6 +181,9 @@ class EnsembleTrainer:
             strategy=spec.ensemble,
             center=self.network_rules.center,
             member_rules=per_member,
+            output_multiplier=member_output_multipliers(
+                spec.sweep_points, len(spec.seed_list), spec.parameterization.output_multiplier
+            ),
         )
         self.params = self.ensemble.init_params()
         o = spec.optimizer

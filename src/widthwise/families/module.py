@@ -379,7 +379,6 @@ CHECK_ON_CPU_VALUES = 20_000_000
 when it has at most this many parameter values (80 MB in float32)."""
 
 
-
 def _note(label: str, text: str) -> None:
     """A notice (Python's warning filters show each once per place; no state here)."""
     warnings.warn(f"{label}: {text}", UserWarning, stacklevel=3)

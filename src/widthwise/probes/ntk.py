@@ -413,6 +413,11 @@ def empirical_ntk(
             structured = covered
         rest = [n for n in names if n not in covered]
         _jacobian_member(ensemble, raw, x, rest, trace_outputs, acc, c, max_jacobian_bytes)
+        alpha = ensemble.output_multiplier[i]  # f = α·f_family: K = α² K_family
+        if alpha != 1.0:
+            for t in (acc.kernel, acc.lr, acc.blocks, acc.blocks_lr):
+                if t is not None:
+                    t.mul_(alpha * alpha)
         outs.append(acc)
 
     def stack(attr: str) -> Tensor | None:
@@ -447,7 +452,7 @@ def ntk_vector_product(
     stacked = torch.func.vmap(_member_fn(ensemble), in_dims=(0, None))
 
     def f(r: dict[str, Tensor]) -> Tensor:
-        return stacked(r, x)  # (seed, M, C)
+        return ensemble.scale_output(stacked(r, x))  # (seed, M, C), each member times α_e
 
     _, vjp_fn = torch.func.vjp(f, raw)
     (u,) = vjp_fn(v)
