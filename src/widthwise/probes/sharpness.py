@@ -49,7 +49,9 @@ each HVP; :mod:`widthwise.probes.hessian`). The solvers are in
 ``lanczos`` (default)  Lanczos with full reorthogonalization (classical Gram-Schmidt,
                        applied twice), random start vector from a fixed generator;
                        stops when every member's top-``k`` Ritz pairs have residual
-                       estimate ``|β_{j+1} s_{j,i}| ≤ tol · |θ_i|``. Memory: one
+                       estimate ``|β_{j+1} s_{j,i}| ≤ tol · |θ_i|`` (``stop:
+                       eigenvalue``: the eigenvalue error estimate min(r, r²/gap) ≤
+                       tol · |θ_i|, gap to the next Ritz value; fewer HVPs). Memory: one
                        ``seed × n_params`` vector per iteration taken (up to ``iters``).
                        One HVP per iteration.
 ``power``              subspace (block power) iteration with Rayleigh-Ritz on ``k``
@@ -222,6 +224,11 @@ class SharpnessOptions(Schedule):
         100, ge=1, le=10**5, description="maximum iterations (power: k HVPs each; ≤ 10⁵)"
     )
     tol: float = Field(1e-3, gt=0, description="stop at residual ≤ tol·|eigenvalue|")
+    stop: Literal["residual", "eigenvalue"] = Field(
+        "residual",
+        description="lanczos: stop on the residual (eigenvector accurate too) or on the "
+        "eigenvalue error estimate min(r, r²/gap) ≤ tol·|eigenvalue| (fewer HVPs)",
+    )
     batch_points: int = Field(256, ge=1, le=10**6, description="first points of the probe set used")
     plain: bool = Field(True, description="eig(H) itself (false: only the operators below)")
     lr_weighted: bool = Field(True, description="also eig(Λ^½ H Λ^½), Λ = lr scales")
@@ -260,6 +267,10 @@ class SharpnessOptions(Schedule):
     def _some_operator(self) -> SharpnessOptions:
         if not (self.plain or self.lr_weighted or self.preconditioned):
             raise ValueError("plain, lr_weighted and preconditioned are all false: nothing to do")
+        if self.stop != "residual" and self.method != "lanczos":
+            raise ValueError(
+                f"stop: {self.stop!r} needs method 'lanczos' (power stops on residuals)"
+            )
         if isinstance(self.blocks, dict):
             if not self.blocks:
                 raise ValueError("blocks: an empty mapping names no group")
@@ -415,7 +426,9 @@ def measure_operator(
     ``options`` ask (``blocks``: flat index tensors of the groups)."""
     out = OperatorMeasure()
     solver = SOLVERS[options.method]
-    kw = {"iters": options.iters, "tol": options.tol, "seed": options.seed}
+    kw: dict[str, Any] = {"iters": options.iters, "tol": options.tol, "seed": options.seed}
+    if options.method == "lanczos":
+        kw["stop"] = options.stop
     if eig:
         out.eig = solver(op, like, k=options.k, **kw)
     if options.trace or blocks:

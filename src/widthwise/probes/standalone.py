@@ -138,15 +138,20 @@ def sharpness(
     seed: int = 0,
     blocks: str | dict[str, list[str]] | None = None,
     implementation: HVPImplementation = "graph",
+    stop: Literal["residual", "eigenvalue"] = "residual",
 ) -> Sharpness:
     """Top-``k`` Hessian eigenvalues of ``loss_fn(model(x), y)`` (see the module doc);
-    Lanczos with full reorthogonalization stopped at residual ≤ ``tol·|θ|``."""
+    Lanczos with full reorthogonalization stopped at residual ≤ ``tol·|θ|`` (``stop=
+    "eigenvalue"``: at the eigenvalue error estimate min(r, r²/gap) ≤ ``tol·|θ|``)."""
     if method not in SOLVERS:
         raise UserError(f"method: expected one of {', '.join(SOLVERS)}, got {method!r}")
+    if stop not in ("residual", "eigenvalue") or (stop != "residual" and method != "lanczos"):
+        raise UserError(f"stop: expected 'residual' or, with lanczos, 'eigenvalue'; got {stop!r}")
+    kw: dict[str, Any] = {"stop": stop} if method == "lanczos" else {}
     hvp, like, names, flat = module_hvp(model, loss_fn, batch, implementation)
     check_k(k, like.shape[1])
     solver = SOLVERS[method]
-    r = solver(hvp, like, k=k, iters=iters, tol=tol, seed=seed)
+    r = solver(hvp, like, k=k, iters=iters, tol=tol, seed=seed, **kw)
     out = Sharpness(
         r.values[0].detach().double().numpy(),
         r.residuals[0].detach().double().numpy(),
@@ -155,7 +160,7 @@ def sharpness(
     )
     for group, tensors in block_groups(names, blocks).items():
         sub, sub_like = block_operator(hvp, block_index(flat, tensors, like.device), like)
-        b = solver(sub, sub_like, k=1, iters=iters, tol=tol, seed=seed)
+        b = solver(sub, sub_like, k=1, iters=iters, tol=tol, seed=seed, **kw)
         out.blocks[group] = float(b.values[0, 0])
         out.hvps += b.hvps
     return out
