@@ -265,7 +265,10 @@ def _cmd_coord_check(args: argparse.Namespace, console: Console) -> int:
 def _cmd_report(args: argparse.Namespace, console: Console) -> int:
     from widthwise.report import build_report
 
-    page = build_report(args.dir, args.out, coord_check=args.coord_check, tol=args.tol)
+    import_plugins(args.imports)  # a module study's factory, for its coordinate check
+    page = build_report(
+        args.dir, args.out, coord_check=args.coord_check, tol=args.tol, allow_code=args.allow_code
+    )
     console.print(f"Report in [bold]{page}[/] (figures/ and csv/ beside it)")
     return 0
 
@@ -436,6 +439,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="also run the coordinate check (3 steps of every width; default: off)",
     )
     cc.add_argument("--no-coord-check", dest="coord_check", action="store_const", const=False)
+    rp.add_argument(
+        "--allow-code",
+        action="store_true",
+        help="let the coordinate check of a module study import its factory "
+        "(docs/security.md); only for studies you trust",
+    )
+    _add_import_flag(rp)
     rp.set_defaults(fn=_cmd_report, coord_check=False)
     cm = sub.add_parser("compare", help="overlay studies that differ in one setting")
     cm.add_argument("dirs", nargs="+", metavar="DIR", help="two or more study directories")

@@ -117,7 +117,7 @@ def _sweep_facts(
             sec.notes.insert(0, note)
 
 
-def _coord_check(ds: xr.Dataset, study_dir: Path, mode: bool | None):
+def _coord_check(ds: xr.Dataset, study_dir: Path, mode: bool | None, allow_code: bool = False):
     """(DataArray, "") when the coordinate check ran, else (None, why it did not)."""
     hint = f"run `widthwise coord-check {study_dir / 'spec.yaml'}`"
     if mode is False:
@@ -131,7 +131,12 @@ def _coord_check(ds: xr.Dataset, study_dir: Path, mode: bool | None):
     from widthwise.spec import validate_spec
 
     try:
-        cc = coord_check(validate_spec(spec, "study spec"), steps=COORD_CHECK_STEPS)
+        valid = validate_spec(spec, "study spec")
+        if allow_code:
+            from widthwise.families.module import trust_factory
+
+            trust_factory(valid)
+        cc = coord_check(valid, steps=COORD_CHECK_STEPS)
     except UserError as err:
         return None, f"Skipped: {err}"
     return cc, ""
@@ -284,14 +289,17 @@ def build_report(
     *,
     coord_check: bool | None = False,
     tol: float = TOL,
+    allow_code: bool = False,
 ) -> Path:
     """Write the report of the study in ``study_dir`` and return the path of report.html.
 
     ``out_dir`` defaults to ``study_dir/report``. Sections appear only for what the
     study recorded. ``coord_check``: True runs the coordinate check on the study's spec
     (3 steps), False (default) skips it with a note naming the command, None runs it
-    when that costs about 3 s or less (estimated from the study's wall time). ``tol``: relative tolerance
-    of the consistency verdicts (default 0.05).
+    when that costs about 3 s or less (estimated from the study's wall time). ``tol``:
+    relative tolerance of the consistency verdicts (default 0.05). ``allow_code``: the
+    coordinate check of a module study may import the factory its spec names
+    (docs/security.md; or import that module yourself first).
     When the study's spec names trackers, the figures are mirrored to them.
     Raises :class:`~widthwise.errors.StoreError` for a directory that is not a study.
     """
@@ -299,10 +307,12 @@ def build_report(
     from widthwise.depth_study import is_depth_study
 
     if is_depth_study(study_dir):
-        return build_depth_report(study_dir, out_dir, coord_check=coord_check, tol=tol)
+        return build_depth_report(
+            study_dir, out_dir, coord_check=coord_check, tol=tol, allow_code=allow_code
+        )
     ds = open_study(study_dir)
     out = Path(out_dir) if out_dir is not None else study_dir / "report"
-    coord, note = _coord_check(ds, study_dir, coord_check)
+    coord, note = _coord_check(ds, study_dir, coord_check, allow_code)
     sections = study_sections(ds, tol=tol, coord=coord, coord_note=note)
     spec = spec_of(ds)
     grid = "".join(f"{len(v)} {k} × " for k, v in (ds.attrs.get("sweep") or {}).items())
@@ -331,6 +341,7 @@ def build_depth_report(
     *,
     coord_check: bool | None = False,
     tol: float = TOL,
+    allow_code: bool = False,
 ) -> Path:
     """A depth study's report: every started depth's own report in
     ``depth-<d>/report/`` (:func:`build_report`), and ``report.html`` in ``out_dir``
@@ -340,7 +351,9 @@ def build_depth_report(
     from widthwise.report.sections_depth import depth_section
 
     for d in started_depths(study_dir):
-        build_report(study_dir / depth_dirname(d), coord_check=coord_check, tol=tol)
+        build_report(
+            study_dir / depth_dirname(d), coord_check=coord_check, tol=tol, allow_code=allow_code
+        )
     ds = open_depth_study(study_dir)
     section = depth_section(ds)
     spec = spec_of(ds)

@@ -1,0 +1,50 @@
+"""``widthwise report --coord-check`` on a module study: the factory is code, so the
+check runs only with ``--import MODULE`` or ``--allow-code`` (docs/security.md), and
+without them the report says which flag to pass (a fresh process: nothing imported)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import write_spec
+
+from widthwise.cli import main
+
+TESTS = Path(__file__).parent
+
+
+def _report(study: Path, *flags: str) -> str:
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    out = study / "report"
+    cmd = [sys.executable, "-m", "widthwise", "report", str(study), "--coord-check", *flags]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return (out / "report.html").read_text()
+
+
+def test_report_coord_check_of_a_module_study_needs_import_or_allow_code(tmp_path: Path) -> None:
+    spec = {
+        "name": "mod",
+        "out": str(tmp_path / "study"),
+        "model": {"family": "module", "options": {"factory": "module_factories:make_mlp"}},
+        "widths": [16, 32],
+        "base_width": 16,
+        "seeds": 1,
+        "steps": 2,
+        "batch_size": 8,
+        "optimizer": {"name": "sgd", "lr": 0.1},
+        "data": {"stream": "gegenbauer", "options": {"dim": 8}, "probe_points": 16},
+        "device": "cpu",
+    }
+    path = write_spec(tmp_path / "s.yaml", spec)
+    assert main(["run", str(path), "--quiet", "--import", "module_factories"]) == 0
+    study = tmp_path / "study"
+    page = _report(study)
+    assert "Skipped: model.options.factory" in page and "--import module_factories" in page
+    for flags in (("--import", "module_factories"), ("--allow-code",)):
+        page = _report(study, *flags)
+        assert "Skipped: model.options.factory" not in page
+        assert 'id="coord_check"' in page and "coord_check.png" in page
