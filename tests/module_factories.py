@@ -404,3 +404,49 @@ class BatchNormed(nn.Module):
 
 def make_batchnorm(width: int, in_shape: tuple[int, ...], out_dim: int) -> nn.Module:
     return BatchNormed(width, in_shape[0], out_dim)
+
+
+# -- BatchNorm: per-member running statistics ------------------------------------------------
+
+
+class BNMLP(nn.Module):
+    """Linear -> BatchNorm1d -> ReLU, twice, then a linear readout."""
+
+    def __init__(self, width: int, d_in: int, out: int, momentum: float | None = 0.1) -> None:
+        super().__init__()
+        self.l1 = nn.Linear(d_in, width, bias=False)
+        self.bn1 = nn.BatchNorm1d(width, momentum=momentum)
+        self.l2 = nn.Linear(width, width, bias=False)
+        self.bn2 = nn.BatchNorm1d(width, momentum=momentum)
+        self.out = nn.Linear(width, out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.bn1(self.l1(x)))
+        return self.out(F.relu(self.bn2(self.l2(h))))
+
+
+def make_bn_mlp(
+    width: int, in_shape: tuple[int, ...], out_dim: int, momentum: float | None = 0.1
+) -> BNMLP:
+    return BNMLP(width, in_shape[0], out_dim, momentum)
+
+
+class BNCNN(nn.Module):
+    """Conv -> BatchNorm2d -> ReLU -> strided conv -> BatchNorm2d -> ReLU -> pool -> linear."""
+
+    def __init__(self, width: int, channels: int, classes: int) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(channels, width, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.c2 = nn.Conv2d(width, width, 3, padding=1, stride=2, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.fc = nn.Linear(width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.bn1(self.c1(x)))
+        h = F.relu(self.bn2(self.c2(h)))
+        return self.fc(h.mean(dim=(2, 3)))
+
+
+def make_bn_cnn(width: int, in_shape: tuple[int, ...], out_dim: int) -> BNCNN:
+    return BNCNN(width, in_shape[0], out_dim)

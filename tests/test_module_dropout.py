@@ -244,7 +244,6 @@ REFUSED = [
     ("make_mha_dropout", TOK, "nn.MultiheadAttention('attn', dropout=0.1)"),
     ("make_alpha_dropout", GEG, "alpha dropout ('alpha', AlphaDropout(p=0.1))"),
     ("make_noisy", GEG, "its forward draws from torch's global random generator"),
-    ("make_batchnorm", GEG, "has BatchNorm running statistics ('bn')"),
 ]
 
 

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from widthwise.families.base import Network
+from widthwise.families.module_apply import bound_buffers
 from widthwise.families.module_dropout import member_index, training_forward
 from widthwise.losses import LossName
 from widthwise.parameterization import ParamRule
@@ -195,9 +196,17 @@ class Ensemble:
         # a module family's dropout (widthwise.families.module_dropout): masks drawn from
         # explicit per-member generators, one unbatched draw under vmap ("same")
         self.dropout = bool(getattr(network.apply, "dropout", ()))
+        # a module family's per-member buffers (BatchNorm running statistics), stacked
+        # (member, *shape): updated in place by the training forward, read by every other
+        # forward; trainer state (checkpointed). ``buffers0``: the initial ones (centring).
+        self.buffers: dict[str, Tensor] = {}
+        if getattr(network.apply, "mutable", ()):
+            self.buffers = network.apply.stacked_buffers(self.size, device, dtype)  # type: ignore[attr-defined]
+        self.buffers0: dict[str, Tensor] | None = None
+        self.stateful = self.dropout or bool(self.buffers)
         self._vmapped = torch.func.vmap(
             self._apply_member,
-            in_dims=(0, None, None, 0),
+            in_dims=(0, None, None, 0, 0),
             randomness="same" if self.dropout else "error",
         )
 
@@ -218,7 +227,19 @@ class Ensemble:
         }
         if self.center:
             self.params0 = {k: v.detach().clone() for k, v in params.items()}
+            self.buffers0 = {k: v.clone() for k, v in self.buffers.items()}
         return params
+
+    def member_buffers(self, e: int) -> dict[str, Tensor]:
+        """Member ``e``'s per-member buffers (views into :attr:`buffers`)."""
+        return {k: v[e] for k, v in self.buffers.items()}
+
+    def as_member(self, e: int) -> contextlib.AbstractContextManager[Any]:
+        """Within the block ``network.apply`` called on member ``e``'s weights (a probe
+        computing member by member, e.g. the eNTK) uses member ``e``'s buffers."""
+        if not self.buffers:
+            return contextlib.nullcontext()
+        return bound_buffers(self.member_buffers(e))
 
     def effective(self, raw: dict[str, Tensor]) -> dict[str, Tensor]:
         """W = multiplier · w for every tensor (multipliers of 1 cost nothing)."""
@@ -229,12 +250,20 @@ class Ensemble:
         return out
 
     def _apply_member(
-        self, raw: dict[str, Tensor], x: Tensor, taps: bool, index: int | Tensor | None = None
+        self,
+        raw: dict[str, Tensor],
+        x: Tensor,
+        taps: bool,
+        index: int | Tensor | None = None,
+        buffers: dict[str, Tensor] | None = None,
     ):
+        w = self.effective(raw)
+        if buffers:  # the member's own buffers (batched under vmap: updates land in its slice)
+            w = {**w, **buffers}
         if index is None or not self.dropout:
-            return self.network.apply(self.effective(raw), x, taps)
+            return self.network.apply(w, x, taps)
         with member_index(index):  # whose dropout masks (a batched index under vmap)
-            return self.network.apply(self.effective(raw), x, taps)
+            return self.network.apply(w, x, taps)
 
     def scale_output(self, out: Tensor) -> Tensor:
         """``out`` (seed, ...) with member e's entries times its output multiplier α_e."""
@@ -246,22 +275,32 @@ class Ensemble:
         a = torch.tensor(alpha, device=out.device, dtype=out.dtype)
         return out * a.view(-1, *([1] * (out.dim() - 1)))
 
-    def _forward(self, params: dict[str, Tensor], x: Tensor, taps: bool):
-        out, rec = self._forward_family(params, x, taps)
+    def _forward(
+        self,
+        params: dict[str, Tensor],
+        x: Tensor,
+        taps: bool,
+        buffers: dict[str, Tensor] | None = None,
+    ):
+        bufs = self.buffers if buffers is None else buffers
+        out, rec = self._forward_family(params, x, taps, bufs)
         return self.scale_output(out), rec
 
-    def _forward_family(self, params: dict[str, Tensor], x: Tensor, taps: bool):
+    def _forward_family(
+        self, params: dict[str, Tensor], x: Tensor, taps: bool, buffers: dict[str, Tensor]
+    ):
         if self.strategy == "vmap":
             # Under someone else's TorchFunctionMode (e.g. a probe intercepting F.linear)
             # the family must see per-member tensors, as torch.func.vmap shows them.
             if self.network.stackable and not torch_function_mode_active():
                 return self._stacked(params, x, taps)
             index = torch.arange(self.size, device=x.device)
-            return self._vmapped(params, x, taps, index)
+            return self._vmapped(params, x, taps, index, buffers)
         names = list(params)
         outs, recs = [], []
         for e, slices in enumerate(zip(*(params[k].unbind(0) for k in names))):
-            out, rec = self._apply_member(dict(zip(names, slices)), x, taps, e)
+            bufs = {k: v[e] for k, v in buffers.items()}
+            out, rec = self._apply_member(dict(zip(names, slices)), x, taps, e, bufs)
             outs.append(out)
             recs.append(rec)
         stacked = {k: torch.stack([r[k] for r in recs]) for k in (recs[0] if recs else {})}
@@ -273,8 +312,10 @@ class Ensemble:
         return out, {k: v.contiguous() for k, v in rec.items()}
 
     def _training(self, step: int | None) -> contextlib.AbstractContextManager[Any]:
-        """Dropout on, with step ``step``'s masks (a module family with dropout), or nothing."""
-        if step is None or not self.dropout:
+        """A training forward of update ``step`` (a module family with dropout or
+        per-member buffers: dropout on with step ``step``'s masks, BatchNorm in train
+        mode), or nothing."""
+        if step is None or not self.stateful:
             return contextlib.nullcontext()
         return training_forward(step, self.seeds, self.network.width)
 
@@ -284,12 +325,21 @@ class Ensemble:
         ``step``: a training forward pass of update ``step``: a module family's dropout
         is on, each member with its own masks from (its seed, the width, ``step``)
         (:mod:`widthwise.families.module_dropout`). Without it (every probe) dropout is
-        off. The centring network f_θ0 sees the same masks as f_θ."""
+        off. The centring network f_θ0 sees the same masks as f_θ.
+
+        Per-member buffers (:attr:`buffers`, BatchNorm running statistics): a training
+        forward normalizes by the batch statistics and updates each member's running
+        statistics in place; every other forward uses them (eval mode) and changes
+        none. The centring network f_θ0 runs on its own initial buffers
+        (:attr:`buffers0`), never updated (a training forward updates a copy)."""
         with self._training(step):
             out, _ = self._forward(params, x, False)
         if self.center and self.params0 is not None:
+            bufs0 = self.buffers0 if self.buffers0 is not None else self.buffers
+            if step is not None:
+                bufs0 = {k: v.clone() for k, v in bufs0.items()}
             with torch.no_grad(), self._training(step):
-                out0, _ = self._forward(self.params0, x, False)
+                out0, _ = self._forward(self.params0, x, False, bufs0)
             out = out - out0
         return out
 

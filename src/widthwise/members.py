@@ -7,7 +7,9 @@ member as a module whose outputs equal the study's ``test_logits`` to float roun
 ready for PyHessian, neural-tangents (via ``state_dict()``) or Hugging Face:
 
 * a module family (``family: module`` or :func:`~widthwise.families.from_module`):
-  the user's own class, built by the same factory, with the member's weights; a
+  the user's own class, built by the same factory, with the member's weights and its
+  own per-member buffers (BatchNorm running statistics; in eval mode they are what
+  the module normalizes with, as the study's probes did); a
   readout tied to the embedding keeps its multiplier as a forward pre-hook on its
   input (a tied tensor cannot hold two multipliers), and a module that calls
   :func:`widthwise.attention_scale` keeps the study's attention scale (a forward
@@ -196,9 +198,17 @@ def load_member(
         apply.label,  # type: ignore[union-attr]
     )
     named = dict(model.named_parameters())
+    buffers = dict(model.named_buffers(remove_duplicate=False))
+    saved = state.get("buffers") or {}
+    missing = [k for k in apply.mutable if k not in saved]
+    if missing:  # cannot happen for a checkpoint this widthwise wrote for this network
+        raise StoreError(f"{wd.path}: the checkpoint has no per-member buffers {missing}")
     with torch.no_grad():
         for name, w in weights.items():
             named[name].copy_(w.to(named[name].dtype))
+        for name in apply.mutable:  # the member's own running statistics (BatchNorm)
+            b = buffers[name]
+            b.copy_(saved[name][i].to(b.dtype))
     attention_hooks(model, apply.exponent, apply.readout_mult)
     if alpha != 1.0:
         model.register_forward_hook(_output_times(alpha))

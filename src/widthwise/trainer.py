@@ -331,6 +331,11 @@ class EnsembleTrainer:
             else {k: v.cpu() for k, v in self.ensemble.params0.items()},
             "rules": {k: r.as_dict() for k, r in self.rules.items()},
             "strategy": self.ensemble.strategy,
+            # a module family's per-member buffers (BatchNorm running statistics)
+            "buffers": {k: v.cpu().clone() for k, v in self.ensemble.buffers.items()},
+            "buffers0": None
+            if self.ensemble.buffers0 is None
+            else {k: v.cpu().clone() for k, v in self.ensemble.buffers0.items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -348,4 +353,21 @@ class EnsembleTrainer:
         if state.get("params0") is not None:
             self.ensemble.params0 = {k: v.to(self.device) for k, v in state["params0"].items()}
         self.ensemble.strategy = state.get("strategy", self.ensemble.strategy)
+        _load_buffers(self.ensemble.buffers, state.get("buffers"), "buffers")
+        if self.ensemble.buffers0 is not None:
+            _load_buffers(self.ensemble.buffers0, state.get("buffers0"), "buffers0")
         self.step = int(state["step"])
+
+
+def _load_buffers(into: dict[str, Tensor], saved: dict[str, Tensor] | None, what: str) -> None:
+    """Copy a checkpoint's stacked buffers into ``into`` in place (a checkpoint from before
+    per-member buffers, or of a network without them, has none: nothing to copy)."""
+    if not into or saved is None:
+        return
+    if set(saved) != set(into):
+        raise UserError(
+            f"checkpoint {what}: {sorted(saved)} do not match the network's {sorted(into)}"
+        )
+    with torch.no_grad():
+        for k, v in into.items():
+            v.copy_(saved[k].to(device=v.device, dtype=v.dtype))

@@ -65,7 +65,9 @@ from widthwise.families.module_apply import (
 from widthwise.families.module_dropout import (
     FindRandomDropout,
     check_dropout,
+    member_index,
     random_dropout_error,
+    training_forward,
 )
 from widthwise.families.module_roles import (
     _CONV,
@@ -277,13 +279,6 @@ def _is_tap_default(mod: nn.Module) -> bool:
 
 def _check_supported(model: nn.Module, label: str) -> None:
     check_dropout(model, label)  # alpha dropout, attention dropout: one line
-    for name, mod in model.named_modules():
-        if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.track_running_stats:
-            raise UserError(
-                f"model.options.factory: {label!r} has BatchNorm running statistics "
-                f"({name!r}); module families keep no per-member buffer state yet: use "
-                "track_running_stats=False, LayerNorm or GroupNorm"
-            )
 
 
 def _resolve_taps(
@@ -360,7 +355,7 @@ def build_module_network(
         label,
     )
     if not any(p.is_meta for p in model.parameters()):
-        _check_forward(apply, label, exponent)
+        apply.set_mutable(_check_forward(apply, label, exponent))
     elif sum(p.numel() for p in model.parameters()) <= CHECK_ON_CPU_VALUES:
         # built on meta (memory estimates, cost counting: before anything is written): the
         # forward is checked on a real copy, so a failing model stops the study there
@@ -369,7 +364,7 @@ def build_module_network(
             check = ModuleApply(
                 real, params, {}, [], [], tied, exponent, tokens, in_shape, out_dim, label
             )
-            _check_forward(check, label, exponent)
+            apply.set_mutable(_check_forward(check, label, exponent))
     layers = tuple([*taps, *(f"{r}.in" for r in readout_inputs)])
     return Network(family, width, tuple(p.spec() for p in params), apply, layers)
 
@@ -384,9 +379,11 @@ def _note(label: str, text: str) -> None:
     warnings.warn(f"{label}: {text}", UserWarning, stacklevel=3)
 
 
-def _check_forward(apply: ModuleApply, label: str, exponent: float) -> None:
-    """One forward with the module's own weights: the output fits the stream, and the
-    attention scale is the parameterization's (or a notice says it is not)."""
+def _check_forward(apply: ModuleApply, label: str, exponent: float) -> list[str]:
+    """One eval forward and one training forward with the module's own weights: the
+    output fits the stream, the attention scale is the parameterization's (or a notice
+    says it is not), no buffer changes in eval mode. Returns the buffers the training
+    forward changes (with BatchNorm's running statistics: per-member state)."""
     gen = torch.Generator().manual_seed(0)
     x = example_input(apply.tokens, apply.in_shape, apply.out_dim, 2, gen)
     named = dict(apply.model.named_parameters())
@@ -395,11 +392,18 @@ def _check_forward(apply: ModuleApply, label: str, exponent: float) -> None:
     counter = _CountAttention()
     finder = FindRandomDropout()  # dropout from torch's global generator: refused
     unwatch = finder.watch(apply.model)
-    saved = {k: b.clone() for k, b in apply.buffers.items()}
+    saved = {k: b.detach().clone() for k, b in apply.buffers.items()}
+    work = {k: saved[k].clone() for k in apply.buffer_aliases}  # the training forward's
+    evals: dict[str, torch.Tensor] = {}
     rng = torch.get_rng_state()
     try:
         with torch.no_grad(), counter, finder:
-            out, _ = apply(own, x)
+            with training_forward(0, (0,), 0), member_index(0):
+                apply({**own, **work}, x)
+            changed = [k for k, b in work.items() if not torch.equal(b, saved[k])]
+            apply.set_mutable([*apply.mutable, *(k for k in changed if k not in apply.mutable)])
+            evals = {k: saved[k].clone() for k in apply.mutable}
+            out, _ = apply({**own, **evals}, x)  # eval mode: no buffer may change
     except UserError:
         raise
     except Exception as err:  # noqa: BLE001  (the user's forward failing is one line)
@@ -417,12 +421,15 @@ def _check_forward(apply: ModuleApply, label: str, exponent: float) -> None:
     if drew:  # another random op (torch.rand, bernoulli, RReLU): members would share draws
         raise random_dropout_error(label, None)
     for k, b in saved.items():
-        if not torch.equal(b, apply.buffers[k]):  # in-place state: members would share it
+        if not torch.equal(b, apply.buffers[k]) or (
+            k in evals and not torch.equal(b, evals[k])
+        ):  # in-place state in eval mode: members would share it
             apply.buffers[k].copy_(b)
             raise UserError(
                 f"model.options.factory: {label!r}: buffer {k!r} changes during the forward "
-                "pass; module families keep no per-member buffer state yet (members would "
-                "share it): make it a constant or compute it in forward"
+                "pass in eval mode (the probes' forward; members would share it): update it "
+                "only when self.training (per-member state, as BatchNorm's running "
+                "statistics), make it a constant or compute it in forward"
             )
     if out.shape[0] != 2 or out.shape[-1] != apply.out_dim:
         raise UserError(
@@ -442,6 +449,7 @@ def _check_forward(apply: ModuleApply, label: str, exponent: float) -> None:
             f"widthwise.attention_scale(), and the parameterization asks for "
             f"1/d_head**{exponent:g} (docs/modules.md#attention)",
         )
+    return list(apply.mutable)
 
 
 @FAMILIES.register(

@@ -7,6 +7,18 @@ the one stacked tensor explicitly (``functional_call(..., tie_weights=False)`` w
 all aliases given): PyTorch's plain ensembling recipe gets a tied Hugging Face GPT-2's
 logits wrong. Before an ensemble vmaps the module, :meth:`ModuleApply.check_vmap`
 compares the vectorized forward and one gradient with a per-member loop.
+
+**Per-member buffers.** Buffers that a training forward changes in place (BatchNorm's
+``running_mean``, ``running_var``, ``num_batches_tracked``; any buffer found to change
+during the check forward) are *mutable* (:attr:`ModuleApply.mutable`): every member
+has its own copy, stacked ``(member, *shape)`` and kept by the ensemble
+(``Ensemble.buffers``, saved in checkpoints). They are passed to the call in the
+weights mapping under their names (vmapped with the weights under ``torch.func.vmap``,
+so the in-place updates land in each member's slice), or bound for a block by
+:func:`bound_buffers`. The modules owning them run in train mode during a training
+forward (:func:`~widthwise.families.module_dropout.training_forward`: batch statistics,
+running statistics updated) and in eval mode otherwise (running statistics used, no
+buffer changed). Constant buffers (causal masks) stay the module's own, shared.
 """
 
 from __future__ import annotations
@@ -23,7 +35,12 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from widthwise.errors import UserError
-from widthwise.families.module_dropout import install_dropout, member_index, training_forward
+from widthwise.families.module_dropout import (
+    in_training_forward,
+    install_dropout,
+    member_index,
+    training_forward,
+)
 from widthwise.families.module_roles import InferredParam
 from widthwise.parameterization import ParamSpec, Role
 
@@ -33,6 +50,34 @@ _ATTN_EXPONENT: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "widthwise_attn_exponent", default=None
 )
 _SCALE_CALLS = [0]
+
+_BOUND_BUFFERS: contextvars.ContextVar[Mapping[str, Tensor] | None] = contextvars.ContextVar(
+    "widthwise_bound_buffers", default=None
+)
+
+
+@contextlib.contextmanager
+def bound_buffers(buffers: Mapping[str, Tensor] | None):  # noqa: ANN201
+    """Within the block a module family's call uses ``buffers`` (one member's mutable
+    buffers: slices, or batched tensors inside ``torch.func.vmap``) where its weights
+    mapping names none (probes that call ``network.apply`` member by member)."""
+    token = _BOUND_BUFFERS.set(buffers)
+    try:
+        yield
+    finally:
+        _BOUND_BUFFERS.reset(token)
+
+
+def stateful_buffers(model: nn.Module) -> list[str]:
+    """The buffers of ``model`` that its training forward updates by construction: the
+    running statistics of BatchNorm / InstanceNorm with ``track_running_stats``."""
+    names = []
+    for mname, mod in model.named_modules():
+        if isinstance(mod, nn.modules.batchnorm._NormBase) and mod.track_running_stats:
+            for b, t in mod.named_buffers(recurse=False):
+                if t is not None:
+                    names.append(f"{mname}.{b}" if mname else b)
+    return names
 
 
 def attention_scale(d_head: int) -> float:
@@ -129,6 +174,17 @@ class ModuleApply:
         self.dropout = install_dropout(model)  # dropout modules: eval mode, masks per member
         self.params = params
         self.buffers = dict(model.named_buffers(remove_duplicate=False))
+        # every name of a buffer (a buffer shared by two modules has two), by its first
+        first: dict[int, str] = {}
+        self.buffer_aliases: dict[str, tuple[str, ...]] = {}
+        for k, b in self.buffers.items():
+            canon = first.setdefault(id(b), k)
+            self.buffer_aliases[canon] = (*self.buffer_aliases.get(canon, ()), k)
+        self._canonical = {a: c for c, names in self.buffer_aliases.items() for a in names}
+        self.mutable: tuple[str, ...] = ()
+        self._mode_modules: list[nn.Module] = []
+        self._mode = True  # the training flag of the modules holding mutable buffers
+        self.set_mutable(stateful_buffers(model))
         self.tied_readouts = dict(tied_readouts)
         self.readout_mult = {m: 1.0 for m in tied_readouts}
         self.exponent = exponent
@@ -198,6 +254,37 @@ class ModuleApply:
         for mod, spec in zip(self.tied_readouts, specs):
             self.readout_mult[mod] = float(rules[spec.name].multiplier)
 
+    def set_mutable(self, names: list[str] | tuple[str, ...]) -> None:
+        """Declare the buffers (any of their names) that a training forward changes: each
+        member gets its own copy (:meth:`stacked_buffers`), and the modules holding
+        them switch between train mode (training forward) and eval mode (every other)."""
+        canon = {self._canonical[n] for n in names if n in self._canonical}
+        self.mutable = tuple(c for c in self.buffer_aliases if c in canon)
+        owners = {a.rpartition(".")[0] for c in self.mutable for a in self.buffer_aliases[c]}
+        modules = dict(self.model.named_modules())
+        self._mode_modules = [modules[o] for o in modules if o in owners]
+        self._mode = True
+        for m in self._mode_modules:
+            m.training = True  # not m.train(): that would switch its dropout children on
+
+    def stacked_buffers(
+        self, members: int, device: torch.device | str, dtype: torch.dtype
+    ) -> dict[str, Tensor]:
+        """Every member's copy of the mutable buffers, ``(member, *shape)``, from the
+        module's initial values (floating ones in ``dtype``)."""
+        out = {}
+        for k in self.mutable:
+            b = self.buffers[k].detach()
+            b = b.to(device=device, dtype=dtype if b.is_floating_point() else b.dtype)
+            out[k] = b.unsqueeze(0).repeat(members, *([1] * b.dim())).contiguous()
+        return out
+
+    def _set_mode(self, training: bool) -> None:
+        if training != self._mode:
+            for m in self._mode_modules:
+                m.training = training
+            self._mode = training
+
     def _buffers_like(self, t: Tensor) -> dict[str, Tensor]:
         """The module's buffers on ``t``'s device, floating ones in its dtype (cached)."""
         key = (t.device, t.dtype)
@@ -208,13 +295,33 @@ class ModuleApply:
             }
         return self._buffer_cache[key]
 
-    def bound(self, w: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Every name of every tensor (aliases too) bound to ``w``'s tensor, plus buffers."""
-        full: dict[str, Tensor] = dict(self._buffers_like(w[self.params[0].name]))
+    def bound(self, w: Mapping[str, Tensor], training: bool = False) -> dict[str, Tensor]:
+        """Every name of every tensor (aliases too) bound to ``w``'s tensor, plus buffers:
+        the mutable ones from ``w`` (by name) or :func:`bound_buffers`, the rest the
+        module's own. A training forward without the mutable buffers is an error (its
+        updates would land in the shared module); an eval forward without them (cost
+        counting on meta tensors) uses the module's initial values, unchanged."""
+        like = w[self.params[0].name]
+        full: dict[str, Tensor] = dict(self._buffers_like(like))
         for p in self.params:
             t = w[p.name]
             full[p.name] = t
             for a in p.aliases:
+                full[a] = t
+        given = {k: w[k] for k in w if k in self._canonical}
+        if self.mutable and not all(k in given for k in self.mutable):
+            ctx = _BOUND_BUFFERS.get()
+            if ctx is not None:
+                given = {**ctx, **given}
+            missing = [k for k in self.mutable if k not in given]
+            if missing and training:
+                raise RuntimeError(
+                    f"{self.label}: a training forward without the members' buffers {missing}"
+                )
+        for k, t in given.items():
+            if not training and t.is_floating_point() and t.dtype != like.dtype:
+                t = t.to(like.dtype)  # an eval forward in another dtype (a probe's option)
+            for a in self.buffer_aliases.get(self._canonical[k], (k,)):
                 full[a] = t
         return full
 
@@ -222,11 +329,14 @@ class ModuleApply:
         if self.tokens and x.is_floating_point():
             x = x.long()  # token ids: a float probe set holds integer values
         rec: dict[str, Tensor] = {}
+        training = in_training_forward()
+        full = self.bound(w, training)
+        self._set_mode(training)  # BatchNorm: batch statistics only in a training forward
         self._rec = rec if taps else None
         token = _ATTN_EXPONENT.set(self.exponent)
         try:
             out = torch.func.functional_call(
-                self.model, self.bound(w), (x,), tie_weights=False, strict=False
+                self.model, full, (x,), tie_weights=False, strict=False
             )
         finally:
             _ATTN_EXPONENT.reset(token)
@@ -247,8 +357,11 @@ class ModuleApply:
         """Compare the vmapped forward and one gradient with a per-member loop.
 
         Random weights for ``members`` members on ``batch`` inputs; agreement within
-        float rounding (``rtol=1e-4``, ``atol=1e-5`` of the largest entry) passes.
-        Returns (ok, notice); the notice says why the loop is used instead.
+        float rounding (``rtol=1e-4``, ``atol=1e-5`` of the largest entry) passes. A
+        module with dropout or per-member buffers (:attr:`mutable`) is also compared in
+        a training forward: logits, gradients and every member's updated buffers; the
+        eval forward then runs on those (different) buffers. Returns (ok, notice); the
+        notice says why the loop is used instead.
         """
         if self._vmap_checked is not None:
             return self._vmap_checked
@@ -262,14 +375,35 @@ class ModuleApply:
             if p.init == "ones":
                 t = t + 1
             w[p.name] = t.to(dev).requires_grad_()
-        x = example_input(self.tokens, self.in_shape, self.out_dim, batch, gen).to(dev)
+        x = example_input(self.tokens, self.in_shape, self.out_dim, max(batch, 2), gen).to(dev)
+        names = list(w)
+        index = torch.arange(members)
+        bufs = self.stacked_buffers(members, dev, torch.float32)
+        training = bool(self.mutable or self.dropout)
 
         def loss_of(out: Tensor) -> Tensor:
             return out.float().square().mean()
 
+        def eval_member(ww: Mapping[str, Tensor], bb: Mapping[str, Tensor]) -> Tensor:
+            return self({**ww, **bb}, x)[0]
+
+        def train_member(
+            ww: Mapping[str, Tensor], bb: Mapping[str, Tensor], e: int | Tensor
+        ) -> Tensor:
+            with member_index(e):
+                return self({**ww, **bb}, x)[0]
+
+        def grads(out: Tensor, ws: list[Tensor], scale: float = 1.0) -> tuple[Any, ...]:
+            return torch.autograd.grad(loss_of(out) * scale, ws, allow_unused=True)
+
+        buf_v = {k: v.clone() for k, v in bufs.items()}
         try:
-            out_v = torch.func.vmap(lambda ww: self(ww, x)[0], randomness="error")(w)
-            g_v = torch.autograd.grad(loss_of(out_v) * members, list(w.values()), allow_unused=True)
+            if training:
+                with training_forward(0, range(members), 0):
+                    tr_v = torch.func.vmap(train_member, randomness="same")(w, buf_v, index)
+                tg_v = grads(tr_v, list(w.values()), members)
+            out_v = torch.func.vmap(eval_member, randomness="error")(w, buf_v)
+            g_v = grads(out_v, list(w.values()), members)
         except Exception as err:  # noqa: BLE001  (vmap cannot run this module: use the loop)
             why = " ".join(str(err).split())[:160]
             self._vmap_checked = (
@@ -277,45 +411,50 @@ class ModuleApply:
                 f"torch.func.vmap cannot run it ({type(err).__name__}: {why})",
             )
             return self._vmap_checked
-        names = list(w)
-        outs, grads = [], []
+        buf_l = {k: v.clone() for k, v in bufs.items()}
+        problem = ""
+        if training:
+            outs, tgs = [], []
+            for e in range(members):
+                we = {k: w[k][e] for k in names}
+                with training_forward(0, range(members), 0):
+                    o = train_member(we, {k: v[e] for k, v in buf_l.items()}, e)
+                outs.append(o)
+                tgs.append(grads(o, [we[k] for k in names]))
+            problem = _differs("training forward", tr_v, torch.stack(outs)) or _grads_differ(
+                "training gradient", names, tg_v, tgs
+            )
+            for k in self.mutable:
+                problem = problem or _differs(f"updated buffer {k!r}", buf_v[k], buf_l[k])
+        outs, gs = [], []
         for e in range(members):
             we = {k: w[k][e] for k in names}
-            o = self(we, x)[0]
+            o = eval_member(we, {k: v[e] for k, v in buf_l.items()})
             outs.append(o)
-            grads.append(torch.autograd.grad(loss_of(o), [we[k] for k in names], allow_unused=True))
-        problem = _differs("forward", out_v, torch.stack(outs))
-        for i, k in enumerate(names):
-            if problem:
-                break
-            gv = g_v[i]
-            gl = [g[i] for g in grads]
-            if gv is None or any(g is None for g in gl):
-                continue
-            problem = _differs(f"gradient of {k!r}", gv, torch.stack(gl))
-        if not problem and self.dropout:
-            problem = self._check_dropout_vmap(w, x)
+            gs.append(grads(o, [we[k] for k in names]))
+        problem = (
+            problem
+            or _differs("forward", out_v, torch.stack(outs))
+            or _grads_differ("gradient", names, g_v, gs)
+        )
         if problem:
             self._vmap_checked = (False, f"vectorized and per-member results differ ({problem})")
         else:
             self._vmap_checked = (True, "")
         return self._vmap_checked
 
-    def _check_dropout_vmap(self, w: Mapping[str, Tensor], x: Tensor) -> str:
-        """A training forward with dropout on, vectorized and member by member: the same
-        masks and the same logits (or what differs)."""
-        members = next(iter(w.values())).shape[0]
 
-        def member(ww: Mapping[str, Tensor], index: int | Tensor) -> Tensor:
-            with member_index(index):
-                return self(ww, x)[0]
-
-        with torch.no_grad():
-            with training_forward(0, range(members), 0):
-                out_v = torch.func.vmap(member, randomness="same")(w, torch.arange(members))
-            with training_forward(0, range(members), 0):
-                outs = [member({k: v[e] for k, v in w.items()}, e) for e in range(members)]
-        return _differs("forward with dropout", out_v, torch.stack(outs))
+def _grads_differ(
+    what: str, names: list[str], g_v: tuple[Any, ...], g_l: list[tuple[Any, ...]]
+) -> str:
+    for i, k in enumerate(names):
+        gl = [g[i] for g in g_l]
+        if g_v[i] is None or any(g is None for g in gl):
+            continue
+        problem = _differs(f"{what} of {k!r}", g_v[i], torch.stack(gl))
+        if problem:
+            return problem
+    return ""
 
 
 def _differs(what: str, a: Tensor, b: Tensor) -> str:

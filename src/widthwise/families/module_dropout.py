@@ -50,6 +50,7 @@ __all__ = [
     "FindRandomDropout",
     "check_dropout",
     "dropout_generator",
+    "in_training_forward",
     "install_dropout",
     "member_index",
     "training_forward",
@@ -96,12 +97,19 @@ def dropout_generator(
 @contextlib.contextmanager
 def training_forward(step: int, seeds: Sequence[int], width: int) -> Iterator[None]:
     """Within the block module families' dropout is on, with step ``step``'s masks
-    (every block starts the members' generators afresh: the same masks again)."""
+    (every block starts the members' generators afresh: the same masks again), and
+    modules holding per-member buffers (BatchNorm) run in train mode."""
     token = _TRAINING.set(_Training(int(step), tuple(int(s) for s in seeds), int(width)))
     try:
         yield
     finally:
         _TRAINING.reset(token)
+
+
+def in_training_forward() -> bool:
+    """Whether a training forward pass (:func:`training_forward`) is running: dropout on,
+    and a module family's stateful modules (BatchNorm) in train mode."""
+    return _TRAINING.get() is not None
 
 
 @contextlib.contextmanager

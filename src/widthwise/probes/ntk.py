@@ -66,6 +66,7 @@ from torch.utils._pytree import tree_leaves
 
 from widthwise.dataset_schema import Dim, Schema, Var, declare
 from widthwise.ensemble import Ensemble
+from widthwise.families.module_apply import bound_buffers
 from widthwise.probes.base import PROBES, ProbeContext, ProbeDef, ProbeResult, mask_diverged
 from widthwise.schedule import Schedule
 from widthwise.torch_compat import is_functorch_wrapped
@@ -379,7 +380,7 @@ def empirical_ntk(
     names = list(params)
     e = next(iter(params.values())).shape[0]
     m = x.shape[0]
-    with torch.no_grad():
+    with torch.no_grad(), ensemble.as_member(0):
         c_out = _member_fn(ensemble)({k: v[0].detach().to(dtype) for k, v in params.items()}, x[:1])
     c = c_out.shape[1]
     shape = (m, m) if trace_outputs else (m, c, m, c)
@@ -402,17 +403,18 @@ def empirical_ntk(
             continue
         raw = {k: v[i].detach().to(dtype) for k, v in params.items()}
         covered: list[str] = []
-        if implementation != "jacobian":
-            covered = _structured_member(ensemble, raw, x, trace_outputs, acc)
-            missing = [n for n in names if n not in covered]
-            if implementation == "structured" and missing:
-                raise ValueError(
-                    "implementation 'structured' covers only F.linear weights and biases used "
-                    f"once on per-example inputs; not covered: {missing}. Use 'auto'."
-                )
-            structured = covered
-        rest = [n for n in names if n not in covered]
-        _jacobian_member(ensemble, raw, x, rest, trace_outputs, acc, c, max_jacobian_bytes)
+        with ensemble.as_member(i):  # member i's buffers (BatchNorm running statistics)
+            if implementation != "jacobian":
+                covered = _structured_member(ensemble, raw, x, trace_outputs, acc)
+                missing = [n for n in names if n not in covered]
+                if implementation == "structured" and missing:
+                    raise ValueError(
+                        "implementation 'structured' covers only F.linear weights and biases "
+                        f"used once on per-example inputs; not covered: {missing}. Use 'auto'."
+                    )
+                structured = covered
+            rest = [n for n in names if n not in covered]
+            _jacobian_member(ensemble, raw, x, rest, trace_outputs, acc, c, max_jacobian_bytes)
         alpha = ensemble.output_multiplier[i]  # f = α·f_family: K = α² K_family
         if alpha != 1.0:
             for t in (acc.kernel, acc.lr, acc.blocks, acc.blocks_lr):
@@ -449,10 +451,16 @@ def ntk_vector_product(
     raw = {k: p.detach().to(dtype) for k, p in params.items()}
     x = x.to(dtype) if x.is_floating_point() else x
     v = v.to(dtype)
-    stacked = torch.func.vmap(_member_fn(ensemble), in_dims=(0, None))
+    member = _member_fn(ensemble)
+
+    def one(r: dict[str, Tensor], b: dict[str, Tensor]) -> Tensor:
+        with bound_buffers(b if b else None):  # the member's buffers (BatchNorm statistics)
+            return member(r, x)
+
+    stacked = torch.func.vmap(one, in_dims=(0, 0))
 
     def f(r: dict[str, Tensor]) -> Tensor:
-        return ensemble.scale_output(stacked(r, x))  # (seed, M, C), each member times α_e
+        return ensemble.scale_output(stacked(r, ensemble.buffers))  # (seed, M, C), times α_e
 
     _, vjp_fn = torch.func.vjp(f, raw)
     (u,) = vjp_fn(v)
