@@ -465,3 +465,29 @@ def test_eigenvalue_stop_meets_its_tolerance_in_fewer_steps(loss):
     assert ((res.values - dense).abs() / dense.abs()).max().item() <= err + 1e-12
     with pytest.raises(ValueError, match="stop"):
         lanczos(hvp, like, k=1, stop="vector")
+
+
+def test_hvp_graph_member_by_member_on_cpu_equals_the_stacked_one():
+    """From width 256 on a CPU the Hessian graph is built per member (HVP_LOOP_WIDTH,
+    faster there): the same H v as through the stacked forward, to float64 rounding."""
+    from widthwise.probes.hessian import loss_hvp
+    from widthwise.probes.sharpness import HVP_LOOP_WIDTH, hvp_strategy
+
+    net = FAMILIES.get("mlp")(HVP_LOOP_WIDTH, (4,), 3, MLPOptions(depth=3))
+    rules = rules_for(
+        "mup", list(net.params), RuleContext(width=256, base_width=64, optimizer="sgd")
+    )
+    ens = Ensemble(net, rules, SEEDS, loss="mse", device=torch.device("cpu"), dtype=torch.float64)
+    assert ens.strategy == "vmap" and hvp_strategy(ens) == "loop"
+    params = ens.init_params()
+    x, y = data(out_dim=3)
+    hvp, flat = ensemble_hvp(ens, params, x, y)
+
+    def stacked(raw):
+        return per_member_loss(ens.loss, ens.forward(raw, x, strategy="vmap"), y).sum()
+
+    ref, _ = loss_hvp(stacked, params)
+    v = torch.randn(flat.flatten(params).shape, dtype=torch.float64)
+    got, want = hvp(v), ref(v)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12 * float(want.abs().max()))
+    assert float(want.abs().max()) > 0

@@ -281,15 +281,21 @@ class Ensemble:
         x: Tensor,
         taps: bool,
         buffers: dict[str, Tensor] | None = None,
+        strategy: Strategy | None = None,
     ):
         bufs = self.buffers if buffers is None else buffers
-        out, rec = self._forward_family(params, x, taps, bufs)
+        out, rec = self._forward_family(params, x, taps, bufs, strategy or self.strategy)
         return self.scale_output(out), rec
 
     def _forward_family(
-        self, params: dict[str, Tensor], x: Tensor, taps: bool, buffers: dict[str, Tensor]
+        self,
+        params: dict[str, Tensor],
+        x: Tensor,
+        taps: bool,
+        buffers: dict[str, Tensor],
+        strategy: Strategy,
     ):
-        if self.strategy == "vmap":
+        if strategy == "vmap":
             # Under someone else's TorchFunctionMode (e.g. a probe intercepting F.linear)
             # the family must see per-member tensors, as torch.func.vmap shows them.
             if self.network.stackable and not torch_function_mode_active():
@@ -319,8 +325,19 @@ class Ensemble:
             return contextlib.nullcontext()
         return training_forward(step, self.seeds, self.network.width)
 
-    def forward(self, params: dict[str, Tensor], x: Tensor, step: int | None = None) -> Tensor:
+    def forward(
+        self,
+        params: dict[str, Tensor],
+        x: Tensor,
+        step: int | None = None,
+        *,
+        strategy: Strategy | None = None,
+    ) -> Tensor:
         """Logits (seed, batch, output); centered on the initial network under ``center``.
+
+        ``strategy``: this call's (``vmap`` or ``loop``; default the ensemble's own), the
+        same function to rounding: e.g. the sharpness probe's Hessian graph, which is
+        faster per member on a CPU (:func:`widthwise.probes.sharpness.hvp_strategy`).
 
         ``step``: a training forward pass of update ``step``: a module family's dropout
         is on, each member with its own masks from (its seed, the width, ``step``)
@@ -333,13 +350,13 @@ class Ensemble:
         none. The centring network f_θ0 runs on its own initial buffers
         (:attr:`buffers0`), never updated (a training forward updates a copy)."""
         with self._training(step):
-            out, _ = self._forward(params, x, False)
+            out, _ = self._forward(params, x, False, strategy=strategy)
         if self.center and self.params0 is not None:
             bufs0 = self.buffers0 if self.buffers0 is not None else self.buffers
             if step is not None:
                 bufs0 = {k: v.clone() for k, v in bufs0.items()}
             with torch.no_grad(), self._training(step):
-                out0, _ = self._forward(self.params0, x, False, bufs0)
+                out0, _ = self._forward(self.params0, x, False, bufs0, strategy)
             out = out - out0
         return out
 

@@ -104,7 +104,7 @@ from pydantic import Field, model_validator
 from torch import Tensor
 
 from widthwise.dataset_schema import Dim, Schema, Var, declare
-from widthwise.ensemble import Ensemble
+from widthwise.ensemble import Ensemble, Strategy
 from widthwise.errors import UserError
 from widthwise.losses import per_member_loss
 from widthwise.probes.base import (
@@ -157,11 +157,31 @@ def ensemble_hvp(
     (:func:`widthwise.probes.hessian.loss_hvp`).
     """
 
+    strategy = hvp_strategy(ensemble)
+
     def total_loss(raw: dict[str, Tensor]) -> Tensor:
-        logits = ensemble.forward(raw, x)  # (seed, batch, output)
+        logits = ensemble.forward(raw, x, strategy=strategy)  # (seed, batch, output)
         return per_member_loss(ensemble.loss, logits, y).sum()
 
     return loss_hvp(total_loss, params, implementation)
+
+
+HVP_LOOP_WIDTH = 256
+"""From this width on a CPU the Hessian graph is built member by member (the ensemble's
+``loop`` strategy), not through the stacked batched matmuls the training step uses:
+an HVP through the stacked graph's double backward spends its time in the transposed
+layouts' copies and gradient sums. Measured (benchmarks/RESULTS.md, Hessian: MLP
+depth 3, 4 seeds, batch 256, float32), stacked / loop time per HVP: 0.96 (width 64),
+1.26 (256), 1.78 (1024) with 1 thread; 0.66, 1.08, 1.71 with 2. A fixed rule, never
+timed at run time, as the ensemble's own strategy choice."""
+
+
+def hvp_strategy(ensemble: Ensemble) -> Strategy:
+    """The forward strategy of the sharpness probe's Hessian graph (:data:`HVP_LOOP_WIDTH`):
+    ``loop`` on a CPU from width 256, else the ensemble's own."""
+    if ensemble.device.type == "cpu" and ensemble.network.width >= HVP_LOOP_WIDTH:
+        return "loop"
+    return ensemble.strategy
 
 
 def adam_preconditioner(
