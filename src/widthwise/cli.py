@@ -215,7 +215,7 @@ def _cmd_coord_check(args: argparse.Namespace, console: Console) -> int:
     from widthwise.coord_check_view import check_data, check_plot_path, print_check, write_plot
     from widthwise.coordinate_check import coord_check, coord_check_depths
     from widthwise.families.module import print_roles
-    from widthwise.spec import DEPTH_MUP_FAMILIES, load_spec, refuse_code, validate_spec
+    from widthwise.spec import depth_family_problem, load_spec, refuse_code, validate_spec
 
     import_plugins(args.imports)
     spec = load_spec(args.spec, device=args.device)
@@ -233,11 +233,9 @@ def _cmd_coord_check(args: argparse.Namespace, console: Console) -> int:
     if not args.json:
         print_roles(spec, console)  # module families: the inferred roles (docs/modules.md)
     depths = _depth_list(args.depths) if args.depths else None
-    if depths and spec.model.family not in DEPTH_MUP_FAMILIES:
-        raise UserError(
-            f"--depths: family {spec.model.family!r} has no depth option with residual "
-            f"branches; allowed: {', '.join(DEPTH_MUP_FAMILIES)}"
-        )
+    problem = depth_family_problem(spec, "--depths") if depths else None
+    if problem:
+        raise UserError(problem)
     checks, data = {}, []
     for name, s in specs.items():
         how = {"steps": args.steps, "fixed_batch": args.fixed_batch, "stat": args.stat}

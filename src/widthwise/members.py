@@ -192,7 +192,7 @@ def load_member(
     model = call_factory(
         factory,
         width,
-        options.kwargs,
+        options.factory_kwargs(),  # type: ignore[union-attr]
         stream.in_shape,
         stream.out_dim,
         apply.label,  # type: ignore[union-attr]

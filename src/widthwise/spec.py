@@ -95,7 +95,42 @@ the named parameterization."""
 
 DEPTH_MUP_FAMILIES = ("transformer", "resnet18_ln")
 """Families with residual branches tagged for depth-muP and a ``depth`` option
-(``resnet18_ln``: blocks per stage; depth-muP's L counts the blocks of all stages)."""
+(``resnet18_ln``: blocks per stage; depth-muP's L counts the blocks of all stages).
+Module families (``module``, ``from_module``) too: their factory takes ``depth=`` and
+``model.options.residual`` names the branches (docs/depth.md)."""
+
+
+def is_module_family(family: str) -> bool:
+    """Whether ``family`` is a module family (its options: ``ModuleFamilyOptions``)."""
+    from widthwise.families.module import ModuleFamilyOptions
+
+    if family not in FAMILIES:
+        return False
+    options = FAMILIES.entry(family).options
+    return isinstance(options, type) and issubclass(options, ModuleFamilyOptions)
+
+
+def depth_family_problem(spec: Any, key: str) -> str | None:
+    """Why ``spec``'s family cannot take ``key`` (``depth_mup``, ``depths``), or None."""
+    family = spec.model.family
+    if family in DEPTH_MUP_FAMILIES:
+        return None
+    allowed = f"allowed: {', '.join(DEPTH_MUP_FAMILIES)} and module families"
+    if not is_module_family(family):
+        what = "branches" if key == "depth_mup" else "blocks"
+        return f"{key}: family {family!r} has no residual {what} with a depth option; {allowed}"
+    options = spec.model.options or {}
+    if key == "depth_mup" and not options.get("residual"):
+        return (
+            "depth_mup: a module family needs model.options.residual (its branches: "
+            "branch_out, branch) for depth-muP (docs/depth.md)"
+        )
+    if key == "depth_mup" and options.get("depth") is None and spec.depths is None:
+        return (
+            "depth_mup: a module family needs model.options.depth (the residual blocks its "
+            "factory builds, passed as depth=: depth-muP's L), or depths: [...]"
+        )
+    return None
 
 
 class DepthMupSpec(_Strict):
@@ -722,17 +757,10 @@ def _registry_problems(spec: StudySpec) -> list[str]:
             continue
         check(f"trackers.{name}", TRACKERS, name, opts, f"trackers.{name}")
     problems.extend(_parameterization_problems(spec))
-    if spec.depth_mup is not None and spec.model.family not in DEPTH_MUP_FAMILIES:
-        problems.append(
-            f"depth_mup: family {spec.model.family!r} has no residual branches with a depth "
-            f"option; allowed: {', '.join(DEPTH_MUP_FAMILIES)}"
-        )
-    if spec.depths is not None and spec.model.family not in DEPTH_MUP_FAMILIES:
-        problems.append(
-            f"depths: family {spec.model.family!r} has no residual blocks with a depth option; "
-            f"allowed: {', '.join(DEPTH_MUP_FAMILIES)}"
-        )
-    elif spec.depths is not None and "depth" in (spec.model.options or {}):
+    depth_mup = depth_family_problem(spec, "depth_mup") if spec.depth_mup else None
+    depths = depth_family_problem(spec, "depths") if spec.depths is not None else None
+    problems.extend(p for p in (depth_mup, depths) if p)
+    if not depths and spec.depths is not None and "depth" in (spec.model.options or {}):
         problems.append(
             f"model.options.depth: {spec.model.options['depth']!r} is set beside depths: "
             f"{spec.depths}; give the depths in one place (remove model.options.depth)"

@@ -37,6 +37,7 @@ says so once.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import importlib
 import inspect
@@ -72,20 +73,24 @@ from widthwise.families.module_dropout import (
 from widthwise.families.module_roles import (
     _CONV,
     _CONV_T,
+    InferredParam,
     RoleOverride,
     infer_roles,
     is_hf_conv1d,
 )
 from widthwise.parameterization import NetworkRules, Role
+from widthwise.parameterization.base import BRANCH, BRANCH_OUT
 
 __all__ = [
     "ModuleApply",
     "ModuleFamilyOptions",
     "ModuleOptions",
+    "ResidualOptions",
     "attention_exponent",
     "attention_hooks",
     "attention_scale",
     "build_module",
+    "tag_branches",
     "call_factory",
     "from_module",
     "load_factory",
@@ -107,10 +112,38 @@ class RoleOverrideOptions(BaseModel):
     fan_in: int | None = Field(None, ge=1, le=2**40)
 
 
+class ResidualOptions(BaseModel):
+    """Where a module's residual branches are, for depth-muP (docs/depth.md): tensor names
+    or globs (a module name matches every tensor under it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    branch_out: list[str] = Field(
+        min_length=1,
+        description="each residual branch's last linear map, e.g. 'blocks.*.fc2': depth-muP "
+        "multiplies it by √(base_depth/L) (and its Adam lr)",
+    )
+    branch: list[str] = Field(
+        default_factory=list,
+        description="the rest of every branch, e.g. 'blocks.*': Adam lr × √(base_depth/L)",
+    )
+
+
 class ModuleFamilyOptions(BaseModel):
     """Options of a family registered with ``from_module`` (all optional)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    depth: int | None = Field(
+        None,
+        ge=1,
+        le=1000,
+        description="passed to the factory as depth= (its residual blocks: depth-muP's L); "
+        "depths: [...] sets it per depth",
+    )
+    residual: ResidualOptions | None = Field(
+        None, description="the residual branches, for depth_mup (docs/depth.md)"
+    )
 
     kwargs: dict[str, Any] = Field(
         default_factory=dict, description="keyword arguments passed to the factory"
@@ -132,6 +165,17 @@ class ModuleFamilyOptions(BaseModel):
     tokens: bool | None = Field(
         None, description="inputs are token ids (default: when the model has an nn.Embedding)"
     )
+
+    def factory_kwargs(self) -> dict[str, Any]:
+        """The factory's keyword arguments: ``kwargs``, and ``depth`` where set."""
+        if self.depth is None:
+            return dict(self.kwargs)
+        if "depth" in self.kwargs:
+            raise UserError(
+                f"model.options.kwargs.depth: {self.kwargs['depth']!r} is set beside "
+                f"model.options.depth: {self.depth}; give the depth in one place"
+            )
+        return {**self.kwargs, "depth": self.depth}
 
     def role_overrides(self) -> dict[str, RoleOverride]:
         out = {}
@@ -324,11 +368,14 @@ def build_module_network(
 ) -> Network:
     """The :class:`Network` of the module ``factory`` builds at ``width``."""
     label = label or _label(factory)
-    model = call_factory(factory, width, options.kwargs, in_shape, out_dim, label)
-    model2 = _on_meta(factory, 2 * width, options.kwargs, in_shape, out_dim, label)
+    kwargs = options.factory_kwargs()
+    model = call_factory(factory, width, kwargs, in_shape, out_dim, label)
+    model2 = _on_meta(factory, 2 * width, kwargs, in_shape, out_dim, label)
     _check_supported(model, label)
     params, tied = infer_roles(model, model2, width, 2 * width, options.role_overrides())
     del model2
+    if options.residual is not None:
+        params = tag_branches(params, options.residual)
     owners_of_output = set()
     by_id = {id(p): n for n, p in model.named_parameters()}
     for mname, mod in model.named_modules():
@@ -360,13 +407,51 @@ def build_module_network(
         # built on meta (memory estimates, cost counting: before anything is written): the
         # forward is checked on a real copy, so a failing model stops the study there
         with torch.device("cpu"):
-            real = call_factory(factory, width, options.kwargs, in_shape, out_dim, label)
+            real = call_factory(factory, width, kwargs, in_shape, out_dim, label)
             check = ModuleApply(
                 real, params, {}, [], [], tied, exponent, tokens, in_shape, out_dim, label
             )
             apply.set_mutable(_check_forward(check, label, exponent))
     layers = tuple([*taps, *(f"{r}.in" for r in readout_inputs)])
     return Network(family, width, tuple(p.spec() for p in params), apply, layers)
+
+
+def tag_branches(params: list[InferredParam], residual: ResidualOptions) -> list[InferredParam]:
+    """``params`` with depth-muP's tags: :data:`BRANCH_OUT` on the tensors ``branch_out``
+    names, :data:`BRANCH` on the other tensors ``branch`` names (a pattern matches a
+    tensor's name or any alias, or a module name above it). A pattern matching no
+    tensor is a one-line :class:`UserError`."""
+    names = {p.name: (p.name, *p.aliases) for p in params}
+
+    def hits(pattern: str) -> set[str]:
+        return {
+            n
+            for n, all_names in names.items()
+            if any(
+                fnmatch.fnmatchcase(a, pattern) or fnmatch.fnmatchcase(a, f"{pattern}.*")
+                for a in all_names
+            )
+        }
+
+    outs: set[str] = set()
+    inside: set[str] = set()
+    for key, patterns, into in (
+        ("branch_out", residual.branch_out, outs),
+        ("branch", residual.branch, inside),
+    ):
+        for pat in patterns:
+            found = hits(pat)
+            if not found:
+                raise UserError(
+                    f"model.options.residual.{key}: {pat!r} names no tensor; tensors: "
+                    f"{', '.join(list(names)[:8])}{' ...' if len(names) > 8 else ''}"
+                )
+            into |= found
+    out = []
+    for p in params:
+        tag = BRANCH_OUT if p.name in outs else BRANCH if p.name in inside else None
+        out.append(p if tag is None else dataclasses.replace(p, tags=p.tags | {tag}))
+    return out
 
 
 CHECK_ON_CPU_VALUES = 20_000_000
