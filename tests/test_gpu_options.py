@@ -140,8 +140,8 @@ def test_bf16_autocast_covers_only_the_training_forward(tmp_path: Path) -> None:
     seen: dict[str, torch.dtype] = {}
     real_forward = trainer.ensemble.forward
 
-    def forward(params: Any, x: Any) -> Any:
-        out = real_forward(params, x)
+    def forward(params: Any, x: Any, **kw: Any) -> Any:
+        out = real_forward(params, x, **kw)
         seen.setdefault("logits", out.dtype)
         seen.setdefault("autocast", torch.is_autocast_enabled("cpu"))
         return out
