@@ -315,7 +315,7 @@ def test_coord_check_prints_the_roles(
     capsys.readouterr()
     assert main(["coord-check", str(path), "--steps", "1", "--import", "module_factories"]) == 0
     out = capsys.readouterr().out
-    assert "roles of module at width 16" in out and "l2.weight" in out and "hidden" in out
+    assert "module at width 16 under mup" in out and "l2.weight" in out and "hidden" in out
 
 
 def test_attention_notice_for_sdpa_without_the_scale() -> None:

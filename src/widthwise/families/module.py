@@ -641,47 +641,11 @@ def roles_table(network: Network, rules: Mapping[str, Any]) -> list[dict[str, An
 
 def print_roles(spec: Any, console: Any, width: int | None = None) -> None:
     """Print the inferred roles and rules of ``spec``'s module family at ``width``
-    (default: the base width); nothing for built-in families."""
-    from rich.table import Table
+    (default: the base width), as ``widthwise describe`` does; nothing for built-in
+    families."""
+    from widthwise.describe import describe, print_description
 
-    from widthwise.parameterization import network_rules_for, rules_for
-    from widthwise.streams import STREAMS
-    from widthwise.trainer import rule_context
-
-    width = width or spec.base_width or spec.widths[0]
     entry = FAMILIES.entry(spec.model.family)
     if entry.obj is not build_module and not hasattr(entry.obj, "_widthwise_factory"):
         return
-    stream = STREAMS.get(spec.data.stream)(spec.data.seed, spec.stream_options())
-    param, ctx = spec.parameterization.name, rule_context(spec, width)
-    from widthwise.families import build_network
-
-    net = build_network(
-        spec.model.family,
-        width,
-        stream.in_shape,
-        stream.out_dim,
-        spec.family_options(),
-        network_rules=network_rules_for(param, ctx),
-    )
-    rules = rules_for(param, list(net.params), ctx)
-    net.apply.bind_parameterization(lambda specs: rules_for(param, specs, ctx))  # type: ignore[attr-defined]
-    table = Table(title=f"roles of {spec.model.family} at width {width} ({param})")
-    for col in ("tensor", "shape", "role", "fan-in", "multiplier", "init std", "lr scale", "from"):
-        table.add_column(col)
-    for row in roles_table(net, rules):
-        table.add_row(
-            row["name"],
-            str(row["shape"]),
-            row["role"],
-            str(row["fan_in"]),
-            _num(row["multiplier"]),
-            _num(row["init_std"]),
-            _num(row["lr_scale"]),
-            row["source"],
-        )
-    console.print(table)
-
-
-def _num(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float | int) else str(v)
+    print_description(describe(spec, width), console)
