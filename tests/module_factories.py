@@ -450,3 +450,22 @@ class BNCNN(nn.Module):
 
 def make_bn_cnn(width: int, in_shape: tuple[int, ...], out_dim: int) -> BNCNN:
     return BNCNN(width, in_shape[0], out_dim)
+
+
+class Clamped(nn.Module):
+    """A hidden size max(64, width): fixed from 32 to 64, growing after (a third width
+    tells; two would call it a fixed tensor)."""
+
+    def __init__(self, width: int, d_in: int, out: int) -> None:
+        super().__init__()
+        h = max(64, width)
+        self.l1 = nn.Linear(d_in, width)
+        self.l2 = nn.Linear(width, h)
+        self.out = nn.Linear(h, out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.l2(torch.relu(self.l1(x)))))
+
+
+def make_clamped(width: int, in_shape: tuple[int, ...], out_dim: int) -> Clamped:
+    return Clamped(width, in_shape[0], out_dim)

@@ -267,6 +267,11 @@ BAD = [
     ),
     ({"factory": "module_factories"}, "expected 'package.module:function'"),
     ({"factory": "module_factories:make_counter"}, "buffer 'running' changes during the forward"),
+    (
+        {"factory": "module_factories:make_clamped"},
+        "'l2.weight' has shape (64, 32) at width 32, (64, 64) at width 64 and (128, 128) at "
+        "width 128: its dim 0 scales with width only between some of them",
+    ),
 ]
 
 

@@ -75,6 +75,7 @@ from widthwise.families.module_roles import (
     _CONV_T,
     InferredParam,
     RoleOverride,
+    check_third_width,
     infer_roles,
     is_hf_conv1d,
 )
@@ -374,6 +375,9 @@ def build_module_network(
     _check_supported(model, label)
     params, tied = infer_roles(model, model2, width, 2 * width, options.role_overrides())
     del model2
+    model3 = _on_meta(factory, 4 * width, kwargs, in_shape, out_dim, label)
+    check_third_width(params, model3, width, 4 * width)  # a dim scaling only sometimes
+    del model3
     if options.residual is not None:
         params = tag_branches(params, options.residual)
     owners_of_output = set()

@@ -261,6 +261,35 @@ def infer_roles(
     return out, tied_readouts
 
 
+def check_third_width(
+    params: list[InferredParam], model3: nn.Module, width: int, width3: int
+) -> None:
+    """Roles come from two widths, w and 2w (as ``mup``'s base and delta shapes); a third,
+    ``width3``, disambiguates a dim that scales between some widths and not others (a
+    clamped size like ``max(64, width)``: fixed from w to 2w, growing after), which the
+    first two would misread. Such a tensor, unless its role is overridden, is a one-line
+    :class:`UserError` naming its shapes at the three widths."""
+    shapes3 = {n: tuple(p.shape) for n, p in model3.named_parameters(remove_duplicate=False)}
+    for p in params:
+        s3 = shapes3.get(p.name)
+        if s3 is None or len(s3) != len(p.shape):
+            raise UserError(
+                f"model.options.factory: the model has different parameters at widths "
+                f"{width} and {width3} ({p.name!r} only at width {width}); a family must "
+                "have the same tensors at every width, only their sizes may change"
+            )
+        if p.source == "override":
+            continue
+        for i, (a, b, c) in enumerate(zip(p.shape, p.shape2, s3)):
+            if (a != b) != (b != c):
+                raise UserError(
+                    f"model.options.roles: {p.name!r} has shape {_fmt(p.shape)} at width "
+                    f"{width}, {_fmt(p.shape2)} at width {2 * width} and {_fmt(s3)} at width "
+                    f"{width3}: its dim {i} scales with width only between some of them, so "
+                    f"its role is not decided; give it one, e.g. roles: {{{p.name!r}: hidden}}"
+                )
+
+
 def _match_override(
     names: list[str], overrides: Mapping[str, RoleOverride], used: set[str]
 ) -> RoleOverride | None:
