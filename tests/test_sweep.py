@@ -437,3 +437,13 @@ def test_preconditioned_sharpness_of_a_beta_sweep_member_equals_its_point_alone(
     np.testing.assert_allclose(got, ref[var].values, rtol=1e-6, err_msg=var)
     other = ds[var].sel(beta2=0.999, eps=1e-8).values
     assert not np.allclose(got, other, equal_nan=True)
+
+
+def test_dry_run_counts_members_of_a_sweep(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    optimizer, sweep = OPTIMIZERS["sgd"]  # 2 lr × 2 sigma × 2 seeds = 8 members
+    spec = _spec(tmp_path / "s", optimizer, sweep=sweep)
+    assert main(["run", str(write_spec(tmp_path / "s.yaml", spec)), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "parameters × 8 members" in out and not (tmp_path / "s").exists()

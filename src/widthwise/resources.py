@@ -164,7 +164,8 @@ def describe_resources(spec: StudySpec, stream: Stream | None = None) -> list[st
         est = estimate_bytes(spec, w, stream=stream)
         lines.append(
             f"width {w:>5}: ≈ {format_bytes(est['total'])} of memory "
-            f"({est['parameters']:,} parameters × {est['members']} seeds: "
+            f"({est['parameters']:,} parameters × {est['members']} "
+            f"{'members' if spec.sweep else 'seeds'}: "
             f"{format_bytes(est['state'])} with gradients and optimizer state; "
             f"{format_bytes(est['activations'] + est['probes'])} of activations and probes)"
         )
