@@ -98,3 +98,30 @@ def test_unknown_spec_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["describe", "no-such-spec.yaml"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no-such-spec.yaml" in err[0]
+
+
+def test_a_depth_study_is_described_at_one_depth(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--depth picks the depth (default the first); depth-muP's branch multiplier there is
+    √(base_depth / depth) (Tensor Programs VI): 1/2 at depth 4 over base 1."""
+    spec = tiny_spec_dict(
+        tmp_path / "never-written",
+        model={"family": "transformer", "options": {"heads": 2}},
+        depths=[1, 4],
+        depth_mup={"base_depth": 1},
+        data={"stream": "periodic_tokens", "seed": 0},
+        optimizer={"name": "adam", "lr": 0.01},
+    )
+    path = write_spec(tmp_path / "d.yaml", spec)
+    info = _describe(capsys, str(path), "--depth", "4")
+    rows = {r["name"]: r for r in info["tensors"]}
+    assert "b4.attn.proj.weight" in rows and "b5.attn.proj.weight" not in rows
+    base = _describe(capsys, str(path))
+    assert "b2.attn.proj.weight" not in {r["name"] for r in base["tensors"]}
+    ratio = rows["b4.attn.proj.weight"]["multiplier"] / next(
+        r["multiplier"] for r in base["tensors"] if r["name"] == "b1.attn.proj.weight"
+    )
+    assert ratio == pytest.approx(0.5)
+    assert main(["describe", str(path), "--depth", "3"]) == 2
+    assert "not one of the spec's depths [1, 4]" in capsys.readouterr().err

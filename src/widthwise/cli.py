@@ -202,6 +202,15 @@ def _cmd_describe(args: argparse.Namespace, console: Console) -> int:
     spec = load_spec(args.spec)
     if not args.allow_code:
         refuse_code(spec, args.imports)  # a module family's factory is code (docs/security.md)
+    if args.depth is not None and not spec.depths:
+        raise UserError(f"--depth: {args.depth}: the spec lists no depths: [...]")
+    if spec.depths:  # a depth study: one depth's width study
+        if args.depth is not None and args.depth not in spec.depths:
+            raise UserError(f"--depth: {args.depth}: not one of the spec's depths {spec.depths}")
+        depth = args.depth if args.depth is not None else spec.depths[0]
+        if not args.json:
+            console.print(f"depth {depth} of the depth study's {spec.depths} (--depth D)")
+        spec = spec.at_depth(depth)
     info = describe(spec, args.width)
     if args.json:
         print(json.dumps(info, indent=1))
@@ -415,6 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("spec")
     d.add_argument(
         "--width", type=_positive_int, help="the width to show (default: the base width)"
+    )
+    d.add_argument(
+        "--depth", type=_positive_int, help="a depth study: the depth to show (default: the first)"
     )
     d.add_argument("--json", action="store_true", help="machine-readable JSON (docs/cli.md)")
     d.add_argument(

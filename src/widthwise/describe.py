@@ -82,7 +82,8 @@ def describe(spec: StudySpec, width: int | None = None) -> dict[str, Any]:
     "network": {"attn_exponent", "center"}, "params_per_width": {width: count},
     "members": n, "sweep_points": n, "seeds": n}``; a row has ``name``, ``shape``,
     ``role``, ``fan_in``, ``multiplier``, ``init_std`` (a number, or ``zeros``/``ones``),
-    ``lr_scale``, ``wd_scale`` and ``source``.
+    ``lr_scale``, ``wd_scale`` and ``source``. A depth study's spec: describe one depth
+    (``spec.at_depth(d)``; the command line's ``--depth``).
     """
     import torch
 
@@ -157,7 +158,8 @@ def print_description(info: dict[str, Any], console: Console) -> None:
     console.print(table)
     net = info["network"]
     if net["attention"]:
-        console.print(f"attention scores: q·k / d_head^{net['attn_exponent']:g}")
+        where = " where the module calls widthwise.attention_scale()" if sources else ""
+        console.print(f"attention scores{where}: q·k / d_head^{net['attn_exponent']:g}")
     if net["center"]:
         console.print("output centred on the initial network (f − f₀: the lazy regime)")
     counts = ", ".join(f"{w}: {n:,}" for w, n in info["params_per_width"].items())
