@@ -447,3 +447,14 @@ def test_dry_run_counts_members_of_a_sweep(
     assert main(["run", str(write_spec(tmp_path / "s.yaml", spec)), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "parameters × 8 members" in out and not (tmp_path / "s").exists()
+
+
+def test_momentum_transfer_section_says_what_was_fitted(tmp_path: Path) -> None:
+    """A momentum grid holds 0: the optimum is fitted on a linear axis, and the section
+    says so; the 1/width drift of the lr under SP is not claimed for momentum."""
+    spec = _spec(tmp_path / "s", {"name": "sgd", "lr": 0.1}, sweep={"momentum": [0.0, 0.5, 0.9]})
+    assert main(["run", str(write_spec(tmp_path / "s.yaml", spec)), "--quiet"]) == 0
+    assert main(["report", str(tmp_path / "s"), "--out", str(tmp_path / "r")]) == 0
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "Transfer of momentum" in page and "two neighbours in momentum" in page
+    assert "∝ 1/width" not in page and "in log momentum" not in page

@@ -243,6 +243,12 @@ def transfer_section(
         + (f"{s[0]}–{s[-1]}" if len(s) > 1 else f"{s[0]}")
         for var, s in steps.items()
     )
+    log = lead_opt.attrs.get("scale", "log") == "log"  # the fit's axis (a grid with 0: linear)
+    expect = (
+        " Under μP the optimum should stay put; under SP with SGD it moves roughly ∝ 1/width."
+        if dim == "lr"
+        else " Under μP the optimum should stay put."
+    )
     sec = Section(
         id="transfer",
         title="Learning-rate transfer" if dim == "lr" else f"Transfer of {dim}",
@@ -251,15 +257,15 @@ def transfer_section(
             f"Does the optimal {dim} carry over from narrow to wide? Each width trained every "
             f"{dim} of the sweep with every seed. Per width: the seed-mean final loss at each "
             f"{dim} ({when}; every width reached these), its minimum on the grid refined by "
-            f"the parabola through it and its two neighbours in log {dim}, and a 95 % "
+            f"the parabola through it and its two neighbours in {'log ' if log else ''}{dim}, "
+            "and a 95 % "
             "seed-bootstrap interval (each width's seeds resampled with their whole curves). "
             "A member that diverged counts as infinite loss. The verdict compares the "
             "narrowest width's optimum with the widest's: it transfers when the interval "
             f"of the factor between them lies within [1/{tol_factor:g}, {tol_factor:g}] "
             f"(tolerance ×{tol_factor:g}: one step of a ×2 grid, fixed in advance), does not "
             "transfer when it lies outside, and is undetermined otherwise (straddles, an "
-            "optimum at the grid edge, fewer than 2 seeds). Under μP the optimum should "
-            "stay put; under SP with SGD it moves roughly ∝ 1/width."
+            f"optimum at the grid edge, fewer than 2 seeds).{expect}"
         ),
         facts=[(f"verdict, {titles[var]}", s) for var, s in sentences.items()],
         panels=[Panel("transfer", fig, caption)],
