@@ -9,8 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import write_spec
 
+import widthwise
 from widthwise.cli import main
 
 TESTS = Path(__file__).parent
@@ -48,3 +50,29 @@ def test_report_coord_check_of_a_module_study_needs_import_or_allow_code(tmp_pat
         page = _report(study, *flags)
         assert "Skipped: model.options.factory" not in page
         assert 'id="coord_check"' in page and "coord_check.png" in page
+
+
+def test_allow_code_reaches_worker_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--allow-code with the processes executor: a spawned worker does not inherit this
+    process's trust, so each job carries the factory modules the caller allowed
+    (WidthJob.trusted_factories); before, every width failed with 'pass --allow-code'."""
+    monkeypatch.setenv("PYTHONPATH", str(TESTS))  # where the spawned workers find it
+    spec = {
+        "name": "mod",
+        "out": str(tmp_path / "study"),
+        "model": {"family": "module", "options": {"factory": "module_factories:make_mlp"}},
+        "widths": [16, 32],
+        "seeds": 1,
+        "steps": 2,
+        "batch_size": 8,
+        "optimizer": {"name": "sgd", "lr": 0.1},
+        "data": {"stream": "gegenbauer", "options": {"dim": 8}, "probe_points": 16},
+        "device": "cpu",
+    }
+    path = write_spec(tmp_path / "s.yaml", spec)
+    args = ["run", str(path), "--quiet", "--allow-code", "--executor", "processes"]
+    assert main([*args, "--workers", "2"]) == 0
+    status = widthwise.open_study(tmp_path / "study").status.values.tolist()
+    assert status == ["done", "done"]

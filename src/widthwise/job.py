@@ -80,6 +80,10 @@ class WidthJob:
     """torch intra-op threads during the job (None: leave the process's setting)."""
     imports: tuple[str, ...] = ()
     """Modules to import first (they register the spec's own families, streams, probes)."""
+    trusted_factories: tuple[str, ...] = ()
+    """Factory modules of a module family the caller allowed to import (``--allow-code``
+    or ``--import``, checked before the jobs were made): a worker process does not
+    inherit the caller's trust (docs/security.md)."""
     tune_memory: bool = False
     """Tune glibc malloc for CPU ensembles (:mod:`widthwise.memory`): worker processes
     widthwise started only, never a user's own process."""
@@ -99,6 +103,10 @@ def run_job(job: WidthJob, on_step: ProgressFn | None = None) -> dict[str, Any]:
     try:
         for module in job.imports:
             importlib.import_module(module)
+        if job.trusted_factories:
+            from widthwise.families.module import trust_factory_modules
+
+            trust_factory_modules(job.trusted_factories)
         if job.tune_memory:
             keep_freed_memory()
         with torch_threads(job.threads):

@@ -28,7 +28,7 @@ from widthwise.device import check_device
 from widthwise.errors import SpecError, StoreError, UserError
 from widthwise.executors import EXECUTORS, ExecutorContext, ExecutorFlags, WidthExecutor
 from widthwise.executors.local import WorkerDied
-from widthwise.families.module import trust_factory
+from widthwise.families.module import factory_modules, trust_factory
 from widthwise.job import WidthJob, build_stream, raise_if_error, run_job
 from widthwise.probes.preflight import probe_problems
 from widthwise.progress import StudyProgress, last_train_loss, study_progress
@@ -314,6 +314,7 @@ def width_jobs(
             device=spec.device,
             threads=pool.threads_per_run(),
             imports=tuple(pool.imports()),
+            trusted_factories=factory_modules(spec),  # preflight allowed them
             tune_memory=not pool.in_process,  # worker processes are widthwise's own
         )
         for w in widths

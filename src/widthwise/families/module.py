@@ -44,7 +44,7 @@ import inspect
 import os
 import sys
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -211,12 +211,22 @@ _TRUSTED_MODULES: set[str] = set()
 """Factory modules a caller has allowed to be imported (:func:`trust_factory`)."""
 
 
+def factory_modules(spec: Any) -> tuple[str, ...]:
+    """The module ``spec``'s ``model.options.factory`` imports (empty for other families)."""
+    ref = spec.model.options.get("factory") if spec.model.family == "module" else None
+    return (ref.partition(":")[0],) if isinstance(ref, str) else ()
+
+
 def trust_factory(spec: Any) -> None:
     """Allow the import of ``spec``'s factory module: for callers that have checked that
     the spec may run code (``widthwise.run`` after ``--allow-code``/``allow_code``)."""
-    ref = spec.model.options.get("factory") if spec.model.family == "module" else None
-    if isinstance(ref, str):
-        _TRUSTED_MODULES.add(ref.partition(":")[0])
+    trust_factory_modules(factory_modules(spec))
+
+
+def trust_factory_modules(modules: Sequence[str]) -> None:
+    """Allow the import of these factory modules in this process (a worker: what the
+    caller allowed, :attr:`widthwise.job.WidthJob.trusted_factories`)."""
+    _TRUSTED_MODULES.update(modules)
 
 
 def load_factory(ref: str) -> Callable[..., Any]:
