@@ -177,10 +177,13 @@ class _Interrupt(KeyboardInterrupt):
     pass
 
 
+@pytest.mark.parametrize("opt", ["adamw", "adam-betas", "sgd-momentum"])
 def test_interrupted_sweep_resumes_to_the_same_result(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, opt: str
 ) -> None:
-    optimizer, sweep = OPTIMIZERS["adamw"]
+    """Interrupted at step 5 of width 32, resumed from its step-3 checkpoint: bit for bit,
+    torch's optimizers and widthwise.member_optim's (per-member β, momentum) alike."""
+    optimizer, sweep = OPTIMIZERS[opt]
     ref_spec = _spec(tmp_path / "ref", optimizer, sweep=sweep, checkpoint_every=3)
     assert main(["run", str(write_spec(tmp_path / "ref.yaml", ref_spec)), "--quiet"]) == 0
     spec_path = write_spec(tmp_path / "s.yaml", {**ref_spec, "out": str(tmp_path / "s")})
