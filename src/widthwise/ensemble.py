@@ -40,6 +40,7 @@ from widthwise.families.base import Network
 from widthwise.families.module_apply import bound_buffers
 from widthwise.families.module_dropout import member_index, training_forward
 from widthwise.losses import LossName
+from widthwise.member_optim import per_member
 from widthwise.parameterization import ParamRule
 from widthwise.torch_compat import torch_function_mode_active
 
@@ -272,8 +273,7 @@ class Ensemble:
             return out
         if len(set(alpha)) == 1:
             return out * alpha[0]
-        a = torch.tensor(alpha, device=out.device, dtype=out.dtype)
-        return out * a.view(-1, *([1] * (out.dim() - 1)))
+        return out * per_member(torch.tensor(alpha), out)
 
     def _forward(
         self,

@@ -21,7 +21,7 @@ from widthwise.ensemble import Ensemble
 from widthwise.errors import UserError
 from widthwise.families import build_network
 from widthwise.losses import per_member_loss
-from widthwise.member_optim import MemberAdam, MemberSGD
+from widthwise.member_optim import MemberAdam, MemberSGD, per_member
 from widthwise.parameterization import ParamRule, RuleContext, network_rules_for, rules_for
 from widthwise.spec import StudySpec
 from widthwise.streams import training_loss
@@ -119,11 +119,6 @@ def grads_finite(grad: Tensor) -> Tensor:
     return ok
 
 
-def _per_member(values: Tensor, like: Tensor) -> Tensor:
-    """(member,) values shaped to broadcast over a stacked (member, ...) tensor."""
-    return values.view(-1, *([1] * (like.dim() - 1)))
-
-
 class EnsembleTrainer:
     """All seeds of one width, trained in one vectorized computation on a shared stream.
 
@@ -158,13 +153,13 @@ class EnsembleTrainer:
             network_rules=self.network_rules,
         )
         self.rules = rules_for(param, list(self.network.params), ctx)
-        per_member = None  # a sweep: each member's rules (its sigma), point-major
+        members_rules = None  # a sweep: each member's rules (its sigma), point-major
         if spec.sweep:
             try:
-                per_member = member_rules(
+                members_rules = member_rules(
                     param, list(self.network.params), ctx, spec.sweep_points, len(spec.seed_list)
                 )
-                check_forward_rules(self.rules, per_member)
+                check_forward_rules(self.rules, members_rules)
             except ValueError as err:
                 raise UserError(str(err)) from None
         bind = getattr(self.network.apply, "bind_parameterization", None)
@@ -180,7 +175,7 @@ class EnsembleTrainer:
             dtype=self.dtype,
             strategy=spec.ensemble,
             center=self.network_rules.center,
-            member_rules=per_member,
+            member_rules=members_rules,
             output_multiplier=member_output_multipliers(
                 spec.sweep_points, len(spec.seed_list), spec.parameterization.output_multiplier
             ),
@@ -189,7 +184,7 @@ class EnsembleTrainer:
         o = spec.optimizer
         self.hyper = member_hyper(
             self.rules,
-            per_member or [self.rules] * self.ensemble.size,
+            members_rules or [self.rules] * self.ensemble.size,
             spec.sweep_points,
             len(spec.seed_list),
             o.lr,
@@ -284,7 +279,7 @@ class EnsembleTrainer:
         if decay and not self.decoupled_decay:  # L2: added to the gradient (sgd, adam)
             with torch.no_grad():
                 for k, p in self.params.items():
-                    p.grad.add_(p.detach() * _per_member(decay[k], p))
+                    p.grad.add_(p.detach() * per_member(decay[k], p))
         touched = set(factor) | (set(decay) if self.decoupled_decay else set())
         before = {k: self.params[k].detach().clone() for k in touched}
         self.optimizer.step()
@@ -294,11 +289,11 @@ class EnsembleTrainer:
         with torch.no_grad():
             for k in touched:
                 p, b = self.params[k], before[k]
-                c = _per_member(factor[k], p) if k in factor else None
+                c = per_member(factor[k], p) if k in factor else None
                 if c is not None:
                     p.copy_(torch.lerp(b, p, c))  # b + c·(p − b): the update at lr_m
                 if k in decay and self.decoupled_decay:  # w ← w − lr_m·wd_m·w (adamw)
-                    rate = group_lr[k] * _per_member(decay[k], p)
+                    rate = group_lr[k] * per_member(decay[k], p)
                     p.sub_(b * (rate if c is None else rate * c))
 
     def _freeze(self, members: Tensor, step: int) -> None:
