@@ -806,6 +806,9 @@ def c6_figures(d: Datasets, out: Path) -> list[Path]:
 
 # --------------------------------------------------------------------------- C7
 
+COINCIDE_STEPS = 50
+"""App. D's "perfectly coincide": the base width's NTP and muP runs are compared over these steps."""
+
 
 def alignment_gain(z: xr.DataArray, labels: xr.DataArray) -> xr.DataArray:
     """Kernel-target alignment of the seed-mean last-hidden-layer kernel: end − init."""
@@ -863,10 +866,16 @@ def c7_analyze(d: Datasets) -> tuple[Rows, list[Check]]:
     es_ntp = boot(err["ntp"], lambda z: log_slope(z.mean("seed").mean("test_step")))
     es_mup = boot(err["mup"], lambda z: log_slope(z.mean("seed").mean("test_step")))
     base = int(ntp.width.min())
-    tl_ntp = ntp.train_loss.sel(width=base).isel(step=slice(0, 10))
-    tl_mup = mup.train_loss.sel(width=base).isel(step=slice(0, 10))
+    # the window in which both must coincide; "falling" is read on the fixed held-out points
+    # (a single training batch's loss varies by ±50 % from batch to batch on a regression task)
+    tl_ntp = ntp.train_loss.sel(width=base).isel(step=slice(0, COINCIDE_STEPS))
+    tl_mup = mup.train_loss.sel(width=base).isel(step=slice(0, COINCIDE_STEPS))
     same = float(abs(tl_ntp - tl_mup).max() / abs(tl_mup).max())
-    moves = float((tl_mup.isel(step=0) - tl_mup.isel(step=-1)).min() / tl_mup.isel(step=0).max())
+    held = performance(mup)[0].sel(width=base)
+    held = held.sel(test_step=held.test_step[held.test_step < COINCIDE_STEPS])
+    moves = float(
+        ((held.isel(test_step=0) - held.isel(test_step=-1)) / held.isel(test_step=0)).min()
+    )
     rows = [
         ("NTP: kernel-target alignment gain (end − init), last hidden layer", describe(g_ntp)),
         ("muP: the same", describe(g_mup)),
@@ -876,8 +885,15 @@ def c7_analyze(d: Datasets) -> tuple[Rows, list[Check]]:
         ("muP: the same", describe(s_mup)),
         (f"NTP: mean {perf} over training (after init)", describe(e_ntp)),
         ("muP: the same", describe(e_mup)),
-        ("base width: max rel. difference of NTP and muP training loss, steps 0-9", fmt(same)),
-        ("base width: relative training-loss decrease over steps 0-9 (muP)", fmt(moves)),
+        (
+            f"base width: max rel. difference of NTP and muP training loss, steps 0-{COINCIDE_STEPS - 1}",
+            fmt(same),
+        ),
+        (
+            f"base width: relative held-out {perf} decrease over steps 0-{COINCIDE_STEPS - 1} "
+            "(muP, smallest over seeds)",
+            fmt(moves),
+        ),
     ]
     same_ok = np.isfinite(same) and same <= 1e-5 and np.isfinite(moves) and moves > 0.01
     checks = [
@@ -911,8 +927,9 @@ def c7_analyze(d: Datasets) -> tuple[Rows, list[Check]]:
         ),
         Check(
             "'initialized so that their dynamics perfectly coincide' (App. D): at the base width "
-            "NTP and muP training losses agree to 1e-5 over steps 0-9 (while falling > 1 %)",
-            f"{fmt(same)} (loss fell {fmt(moves)})",
+            f"NTP and muP training losses agree to 1e-5 over steps 0-{COINCIDE_STEPS - 1} (while "
+            f"the held-out {perf} falls > 1 % in every seed)",
+            f"{fmt(same)} (held-out {perf} fell by {fmt(moves)})",
             "pass" if same_ok else "fail",
             "deterministic: same weights, same batches",
         ),
@@ -1258,16 +1275,6 @@ CLAIMS: dict[str, Claim] = {
             ("c7_ntp_vs_mup_ntp", "c7_ntp_vs_mup_mup"),
             c7_analyze,
             c7_figures,
-            expected_fail=("NTP: 'wider networks tend to train more slowly",),
-            scale_note=(
-                "the slow-down of feature learning under NTP is measured (alignment-gain slope "
-                "−0.27 against muP's −0.05), but on Fashion-MNIST it does not cost accuracy: the "
-                "kernel regime that wide NTP networks approach learns this task as fast as "
-                "feature learning does in 300 steps, so the mean test error falls with width "
-                "under NTP too (0.211 → 0.181 from width 64 to 1024; muP 0.211 → 0.186). The "
-                "paper's CIFAR-10 CNNs (App. D) need their features to perform; a task where a "
-                "kernel is slow (e.g. a high-degree single-index target) is the next design to try."
-            ),
         ),
         Claim(
             "C8",
