@@ -253,6 +253,35 @@ def test_factory_in_a_spec_is_code() -> None:
     refuse_code(spec, ["module_factories"])  # --import module_factories: trusted
 
 
+def test_allowing_a_factory_imports_it_and_keeps_no_list(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trust is the import itself: no process-wide list of allowed names outlives it."""
+    import sys
+    from types import SimpleNamespace
+
+    from widthwise.families import module as fm
+
+    (tmp_path / "ww_trust_probe.py").write_text("def make(width):\n    raise ValueError\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "ww_trust_probe", raising=False)
+    with pytest.raises(UserError, match="importing 'ww_trust_probe'.*runs its code"):
+        fm.load_factory("ww_trust_probe:make")
+    assert "ww_trust_probe" not in sys.modules
+    spec = SimpleNamespace(
+        model=SimpleNamespace(family="module", options={"factory": "ww_trust_probe:make"})
+    )
+    fm.trust_factory(spec)
+    assert "ww_trust_probe" in sys.modules
+    assert callable(fm.load_factory("ww_trust_probe:make"))
+    assert not [v for v in vars(fm).values() if isinstance(v, set)]
+    bad = SimpleNamespace(
+        model=SimpleNamespace(family="module", options={"factory": "ww_nope_1:f"})
+    )
+    with pytest.raises(UserError, match=r"^model.options.factory: cannot import 'ww_nope_1'"):
+        fm.trust_factory(bad)
+
+
 BAD = [
     ({"factory": "no_such_module_xyz:f"}, "cannot import 'no_such_module_xyz'"),
     ({"factory": "module_factories:NOT_CALLABLE"}, "is a int, not a callable"),

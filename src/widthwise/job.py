@@ -82,8 +82,8 @@ class WidthJob:
     """Modules to import first (they register the spec's own families, streams, probes)."""
     trusted_factories: tuple[str, ...] = ()
     """Factory modules of a module family the caller allowed to import (``--allow-code``
-    or ``--import``, checked before the jobs were made): a worker process does not
-    inherit the caller's trust (docs/security.md)."""
+    or ``--import``, checked before the jobs were made): the job imports them first, as
+    a worker process does not inherit the caller's imports (docs/security.md)."""
     tune_memory: bool = False
     """Tune glibc malloc for CPU ensembles (:mod:`widthwise.memory`): worker processes
     widthwise started only, never a user's own process."""

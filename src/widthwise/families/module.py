@@ -207,10 +207,6 @@ class ModuleOptions(ModuleFamilyOptions):
 # -- the factory -----------------------------------------------------------------------
 
 
-_TRUSTED_MODULES: set[str] = set()
-"""Factory modules a caller has allowed to be imported (:func:`trust_factory`)."""
-
-
 def factory_modules(spec: Any) -> tuple[str, ...]:
     """The module ``spec``'s ``model.options.factory`` imports (empty for other families)."""
     ref = spec.model.options.get("factory") if spec.model.family == "module" else None
@@ -218,15 +214,32 @@ def factory_modules(spec: Any) -> tuple[str, ...]:
 
 
 def trust_factory(spec: Any) -> None:
-    """Allow the import of ``spec``'s factory module: for callers that have checked that
-    the spec may run code (``widthwise.run`` after ``--allow-code``/``allow_code``)."""
+    """Import ``spec``'s factory module now: for callers that have checked that the spec
+    may run code (``widthwise.run`` after ``--allow-code``/``allow_code``). Once imported
+    it is the caller's, as with ``--import``; a failure is one line naming the key."""
     trust_factory_modules(factory_modules(spec))
 
 
 def trust_factory_modules(modules: Sequence[str]) -> None:
-    """Allow the import of these factory modules in this process (a worker: what the
-    caller allowed, :attr:`widthwise.job.WidthJob.trusted_factories`)."""
-    _TRUSTED_MODULES.update(modules)
+    """Import these factory modules (a worker: what the caller allowed,
+    :attr:`widthwise.job.WidthJob.trusted_factories`). No list of allowed names is kept:
+    allowing a module is importing it, and an imported module is trusted."""
+    for mod_name in modules:
+        _import_factory_module(mod_name, mod_name)
+
+
+def _import_factory_module(mod_name: str, ref: str) -> Any:
+    """``importlib.import_module(mod_name)``, the current directory searched last, any
+    failure one line naming ``model.options.factory`` and ``ref``."""
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    try:
+        return importlib.import_module(mod_name)
+    except Exception as err:  # noqa: BLE001  (any failure of user code is one line)
+        raise UserError(
+            f"model.options.factory: cannot import {mod_name!r} ({ref!r}): "
+            f"{type(err).__name__}: {err}"
+        ) from None
 
 
 def load_factory(ref: str) -> Callable[..., Any]:
@@ -234,26 +247,17 @@ def load_factory(ref: str) -> Callable[..., Any]:
     (the current directory searched last); any failure is one line naming the key.
 
     A spec is data (docs/security.md): the module is imported only when it is already
-    imported (``--import``, or your own ``import``), is part of widthwise, or was
-    allowed by :func:`trust_factory`; otherwise a one-line error says how to allow it.
+    imported (``--import``, :func:`trust_factory` after ``--allow-code``, or your own
+    ``import``) or is part of widthwise; otherwise a one-line error says how to allow it.
     """
     mod_name, _, attr = ref.partition(":")
-    trusted = mod_name in sys.modules or mod_name.startswith("widthwise.")
-    if not trusted and mod_name not in _TRUSTED_MODULES:
+    if mod_name not in sys.modules and not mod_name.startswith("widthwise."):
         raise UserError(
             f"model.options.factory: importing {mod_name!r} ({ref!r}) runs its code; "
             f"pass --import {mod_name} or --allow-code (widthwise.run(..., allow_code=True)), "
             "or import it yourself first (docs/security.md)"
         )
-    if os.getcwd() not in sys.path:
-        sys.path.append(os.getcwd())
-    try:
-        obj: Any = importlib.import_module(mod_name)
-    except Exception as err:  # noqa: BLE001  (any failure of user code is one line)
-        raise UserError(
-            f"model.options.factory: cannot import {mod_name!r} ({ref!r}): "
-            f"{type(err).__name__}: {err}"
-        ) from None
+    obj: Any = _import_factory_module(mod_name, ref)
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise UserError(
