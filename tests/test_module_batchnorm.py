@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 import xarray as xr
 from conftest import write_spec
+from test_resume import interrupt_at
 
 import widthwise
 import widthwise.study
@@ -237,10 +238,6 @@ def test_sharpness_and_entk_probes_do_not_change_running_stats(tmp_path: Path) -
 # -- 5. resume bit for bit; load_member ---------------------------------------------------------
 
 
-class Interrupt(KeyboardInterrupt):
-    pass
-
-
 def study_raw(out: Path) -> dict:
     return raw_spec(
         "cnn",
@@ -260,20 +257,8 @@ def test_resume_is_bit_for_bit_and_load_member_has_the_members_statistics(
     assert np.isfinite(ref.train_loss.values).all()
 
     path = write_spec(tmp_path / "c.yaml", study_raw(tmp_path / "c"))
-    real = widthwise.study.run_job
-
-    def run_job(job: Any, on_step: Any = None) -> Any:
-        if job.width != 16:
-            return real(job, on_step=on_step)
-
-        def boom(done: int, total: int, loss: float) -> None:
-            if done == 5:  # the last checkpoint was at step 3
-                raise Interrupt("interrupted at step 5")
-
-        return real(job, on_step=boom)
-
     with monkeypatch.context() as m:
-        m.setattr(widthwise.study, "run_job", run_job)
+        interrupt_at(m, 16, 5)  # width 16 stops after 5 steps; its last checkpoint is at 3
         assert cli(path) == 130
     capsys.readouterr()
     assert cli(path) == 0

@@ -17,6 +17,7 @@ import pytest
 import torch
 import xarray as xr
 from conftest import write_spec
+from test_resume import interrupt_at
 from torch import nn
 
 import widthwise
@@ -73,10 +74,6 @@ def losses(tr: EnsembleTrainer, steps: int = 4) -> torch.Tensor:
 # -- 1. determinism and resume ---------------------------------------------------------
 
 
-class Interrupt(KeyboardInterrupt):
-    pass
-
-
 def run_cli(path: Path) -> int:
     return main(["run", str(path), "--quiet", "--allow-code", "--import", "module_factories"])
 
@@ -103,20 +100,8 @@ def test_runs_are_deterministic_and_resume_bit_for_bit(
     xr.testing.assert_identical(ref[0].test_logits, ref[1].test_logits)
 
     path = write_spec(tmp_path / "c.yaml", study_raw(tmp_path / "c"))
-    real = widthwise.study.run_job
-
-    def run_job(job: Any, on_step: Any = None) -> Any:
-        if job.width != 16:
-            return real(job, on_step=on_step)
-
-        def boom(done: int, total: int, loss: float) -> None:
-            if done == 5:  # the last checkpoint was before step 3
-                raise Interrupt("interrupted at step 5")
-
-        return real(job, on_step=boom)
-
     with monkeypatch.context() as m:
-        m.setattr(widthwise.study, "run_job", run_job)
+        interrupt_at(m, 16, 5)  # width 16 stops after 5 steps; its last checkpoint is at 3
         assert run_cli(path) == 130
     capsys.readouterr()
     assert run_cli(path) == 0
