@@ -217,7 +217,8 @@ def trust_factory(spec: Any) -> None:
     """Import ``spec``'s factory module now: for callers that have checked that the spec
     may run code (``widthwise.run`` after ``--allow-code``/``allow_code``). Once imported
     it is the caller's, as with ``--import``; a failure is one line naming the key."""
-    trust_factory_modules(factory_modules(spec))
+    for mod_name in factory_modules(spec):
+        _import_factory_module(mod_name, spec.model.options["factory"])
 
 
 def trust_factory_modules(modules: Sequence[str]) -> None:
